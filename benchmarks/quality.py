@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from matchlens.config import MULTI_SCALES, PRESETS, PipelineSpec
+from matchlens.config import DEFAULT_PRESET, MULTI_SCALES, PRESETS, PipelineSpec
 from matchlens.evaluate.metrics import average_precision, mean_average_precision, ns_score
 from matchlens.extract import Extractor, l2_normalize
 from matchlens.io.datasets import load_gt_json
@@ -34,7 +34,8 @@ from matchlens.whitening import PCAWhitening
 
 POOLINGS = {"mac": {}, "spoc": {}, "gem": {"p": 3.0}, "rmac": {"levels": 3}, "crow": {}}
 SCALE_SETS = {"single": (1.0,), "multi": MULTI_SCALES}
-WHITENINGS = {"none": None, "pcaw": {"dim": 512, "power": 0.5}}
+WHITENINGS = {"none": None, "pcaw-full (d512, power 0.5)": {"dim": 512, "power": 0.5},
+              "pcaw (d256, power 0.25)": {"dim": 256, "power": 0.25}}
 
 
 def feature_maps(extractor: Extractor, images, scales) -> dict[float, list[torch.Tensor]]:
@@ -48,9 +49,11 @@ def feature_maps(extractor: Extractor, images, scales) -> dict[float, list[torch
     return maps
 
 
-def pooled(maps: dict[float, list[torch.Tensor]], scales, pooling) -> np.ndarray:
+def pooled(maps: dict[float, list[torch.Tensor]], scales, pooling) -> np.ndarray | None:
     """Descriptors as Extractor.describe_image makes them: per-scale L2, summed, L2."""
     n = len(maps[scales[0]])
+    if n == 0:
+        return None
     out = []
     with torch.inference_mode():
         for i in range(n):
@@ -135,7 +138,8 @@ def main() -> None:
                     d, qc, qw, u = db, qcrop, qwhole, uk
                 else:
                     white = PCAWhitening(**{**wparams, "dim": min(wparams["dim"], len(db) - 1)}).fit(db)
-                    d, qc, qw, u = white.transform(db), white.transform(qcrop), white.transform(qwhole), white.transform(uk)
+                    d, qw, u = white.transform(db), white.transform(qwhole), white.transform(uk)
+                    qc = white.transform(qcrop) if qcrop is not None else None
                 ns, uk_map = ukbench_scores(u, ukbench)
                 row = {
                     "pooling": pool_name, "scales": set_name, "whitening": white_name,
@@ -149,20 +153,28 @@ def main() -> None:
 
     print(f"\nbackbone tf_efficientnet_lite0, max side {args.max_side}px, multi = scales {MULTI_SCALES}; "
           f"oxford5k_subset: {len(whole)} whole-image queries, {len(official)} official cropped queries, "
-          f"{len(ox_names)} images; PCAw dim 512, learned on the collection\n")
+          f"{len(ox_names)} images; PCA whitening learned on the Oxford collection (no labels)\n")
     print("| pooling | scales | whitening | Oxford mAP (whole, 114 q) | Oxford mAP (cropped, 10 q) | UKBench N-S | UKBench mAP | ms/image |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(_fmt(row))
-    presets = {name: _preset_key(spec) for name, spec in PRESETS.items()}
-    print("\npresets:", ", ".join(f"{n} = {k}" for n, k in presets.items()))
+    print("\n| preset | pipeline | Oxford mAP (whole) | Oxford mAP (cropped) | UKBench N-S | ms/image |")
+    print("|---|---|---|---|---|---|")
+    for name, values in PRESETS.items():
+        row = _row_of_preset(rows, PipelineSpec(**values))
+        label = f"{name} (default)" if name == DEFAULT_PRESET else name
+        print(f"| {label} | {PipelineSpec(**values).describe()} | {row['oxford_whole_map']:.1f} | "
+              f"{row['oxford_cropped_map']:.1f} | {row['ukbench_ns']:.2f} | {row['ms_per_image']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
-def _preset_key(values: dict) -> str:
-    spec = PipelineSpec(**values)
-    return spec.describe()
+def _row_of_preset(rows: list[dict], spec: PipelineSpec) -> dict:
+    """The grid row that measured a preset's pipeline."""
+    scales = next(name for name, values in SCALE_SETS.items() if tuple(values) == spec.scales)
+    white = next(name for name, params in WHITENINGS.items()
+                 if (params is None and spec.whitening == "none") or params == dict(spec.whitening_params))
+    return next(r for r in rows if (r["pooling"], r["scales"], r["whitening"]) == (spec.pooling, scales, white))
 
 
 def _fmt(row: dict) -> str:

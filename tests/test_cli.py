@@ -63,7 +63,7 @@ def test_info_reports_counts_and_pipeline(capsys, cli_index):
     assert code == 0
     data = json.loads(out[: out.rindex("}") + 1])
     assert data["images"] == 10 and data["skipped"] == 0 and data["dim"] == 1280
-    assert "gem" in data["pipeline"] and "checksums: ok" in out
+    assert "rmac" in data["pipeline"] and "checksums: ok" in out
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from matchlens.demo.collection import ALTERATIONS, build_demo_collection
 def test_demo_collection_has_every_alteration_and_the_stereo_pair(tmp_path):
     collection, queries_dir, queries = build_demo_collection(tmp_path)
     images = sorted(p.name for p in collection.iterdir())
-    assert len(images) == 27 and "chelsea.jpg" in images and "china.jpg" in images
+    assert len(images) == 26 and "chelsea.jpg" in images and "china.jpg" in images
     assert {q.alteration for q in queries} == set(ALTERATIONS) | {"stereo view"}
     assert all((queries_dir / q.image).is_file() and q.source in images for q in queries)
     # Deterministic: a second build writes the same query files.
@@ -22,7 +22,7 @@ def test_demo_collection_has_every_alteration_and_the_stereo_pair(tmp_path):
 
 def test_demo_runs_end_to_end_and_ranks_most_sources_first(tmp_path):
     result = run_demo(tmp_path / "demo")
-    assert result.n_images == 27 and result.n_queries == 55
+    assert result.n_images == 26 and result.n_queries == 53
     assert result.top1_correct >= 0.85 * result.n_queries
     assert result.map >= 0.85
     page = result.html_path.read_text(encoding="utf-8")

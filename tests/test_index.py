@@ -240,3 +240,66 @@ def test_pca_whitening_on_the_collection(tmp_path, small_spec):
     assert np.allclose(np.linalg.norm(index.vectors(), axis=1), 1, atol=1e-5)
     top = index.search(folder / "s3.png", k=1)[0]
     assert Path(top.path).name == "s3.png" and top.score == pytest.approx(1, abs=1e-4)
+
+
+def test_a_folder_of_every_awkward_kind_of_file(tmp_path, small_spec):
+    """Odd but valid images are indexed; broken ones and bombs are skipped with a reason each."""
+    from tests.test_images import _bomb_png
+
+    folder = tmp_path / "odd"
+    (folder / "sub dir").mkdir(parents=True)
+    rgba = make_scene(1).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(folder / "alpha.png")
+    Image.fromarray((np.asarray(make_scene(2).convert("L"), np.uint16) * 257)).save(folder / "sixteen.png")
+    make_scene(3).convert("CMYK").save(folder / "cmyk.jpg")
+    make_scene(4).convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    make_scene(5).save(folder / "rotated.jpg", exif=exif.tobytes())
+    make_scene(6).save(folder / "sub dir" / "ünïcödé name 東京.jpg")
+    Image.fromarray(np.tile(np.arange(0, 250, 10, dtype=np.uint8), (20000, 800))).save(folder / "huge.jpg", quality=50)
+    (folder / "bomb.png").write_bytes(_bomb_png(100_000, 100_000))
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "readme.md").write_text("# not an image")
+    (folder / ".hidden.jpg").write_bytes(b"ignored")
+    index = matchlens.build_index(folder, tmp_path / "i", spec=small_spec)
+    indexed = {Path(e.path).name for e in index.entries if e.status == "indexed"}
+    skipped = {Path(e.path).name: e.error for e in index.skipped()}
+    assert indexed == {"alpha.png", "sixteen.png", "cmyk.jpg", "palette.png", "rotated.jpg",
+                       "ünïcödé name 東京.jpg", "huge.jpg"}
+    assert set(skipped) == {"bomb.png", "zero.jpg", "readme.md"}
+    assert "pixels" in skipped["bomb.png"] and "empty" in skipped["zero.jpg"]
+    hit = index.search(folder / "sub dir" / "ünïcödé name 東京.jpg", k=1)[0]
+    assert hit.path.endswith("ünïcödé name 東京.jpg") and hit.score == pytest.approx(1, abs=1e-4)
+
+
+def test_whitening_learned_on_a_separate_folder(tmp_path, small_spec):
+    train, photos = tmp_path / "train", tmp_path / "photos"
+    train.mkdir(), photos.mkdir()
+    for i in range(20):
+        make_scene(300 + i, size=(160, 120)).save(train / f"t{i}.png")
+    for i in range(4):
+        make_scene(400 + i, size=(160, 120)).save(photos / f"p{i}.png")
+    spec = small_spec.replace(whitening="pcaw", whitening_source=str(train),
+                              whitening_params={"dim": 6, "min_images": 10})
+    index, report = matchlens.build_index_report(photos, tmp_path / "i", spec=spec)
+    assert report.whitening == "fitted" and index.dim == 6 and index.size == 4
+    assert Path(index.search(photos / "p2.png", k=1)[0].path).name == "p2.png"
+
+
+def test_backbone_from_a_weights_file_and_a_changed_file_is_refused(tmp_path, scenes_dir):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    spec = PipelineSpec(backbone="resnet18", weights=str(weights), max_side=96)
+    index = matchlens.build_index(scenes_dir, tmp_path / "i", spec=spec)
+    assert index.dim == 512 and index.spec.weights_id and index.size == 10
+    assert Path(index.search(scenes_dir / "scene_06.jpg", k=1)[0].path).name == "scene_06.jpg"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # someone replaced the file
+    with pytest.raises(matchlens.MatchlensError, match="weights .* changed"):
+        matchlens.open_index(tmp_path / "i").search(scenes_dir / "scene_06.jpg")

@@ -45,23 +45,29 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class Extractor:
     """Turns images into raw (unwhitened) L2-normalised descriptors for one pipeline spec."""
 
-    def __init__(self, spec: PipelineSpec, threads: int | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, threads: int | None = None, device: str | None = None) -> None:
         from matchlens.models import load_backbone
         from matchlens.pooling import make_pooling
 
         if threads:
             torch.set_num_threads(threads)
-        self.backbone = load_backbone(spec.backbone, spec.weights)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.backbone = load_backbone(spec.backbone, spec.weights).to(self.device)
         if spec.weights_id and spec.weights_id != self.backbone.weights_id:
             raise MatchlensError(
                 f"the weights of backbone {spec.backbone} changed (index: {spec.weights_id}, "
                 f"now: {self.backbone.weights_id}); rebuild the index or restore the weights file"
             )
         self.spec = spec.replace(weights_id=self.backbone.weights_id)
-        self.pooling = make_pooling(spec.pooling, **spec.pooling_params)
-        self._mean = torch.tensor(self.backbone.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.backbone.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.pooling = make_pooling(spec.pooling, **spec.pooling_params).to(self.device)
+        self._mean = torch.tensor(self.backbone.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.backbone.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+
+    @property
+    def runtime(self) -> str:
+        """Where inference runs, e.g. ``pytorch eager (cpu)``."""
+        return f"pytorch eager ({self.device.type})"
 
     @property
     def dim(self) -> int:
@@ -87,13 +93,13 @@ class Extractor:
         return l2_normalize(total)
 
     def feature_map(self, image: Image.Image, scale: float = 1.0) -> torch.Tensor:
-        """The backbone's feature map (1, C, h, w) of an image at one scale (for benchmarks/evidence)."""
+        """The backbone's feature map (1, C, h, w), on the CPU, of an image at one scale (benchmarks, evidence)."""
         with self._lock, torch.inference_mode():
-            return self.backbone(self._to_tensor(image, round(self.spec.max_side * scale)))
+            return self.backbone(self._to_tensor(image, round(self.spec.max_side * scale))).cpu()
 
     def _pool(self, tensor: torch.Tensor) -> np.ndarray:
         with self._lock, torch.inference_mode():
-            return self.pooling(self.backbone(tensor)).float().numpy()
+            return self.pooling(self.backbone(tensor)).float().cpu().numpy()
 
     def _decode_side(self) -> int:
         # JPEG draft decoding may shrink huge files by 1/2..1/8 in the DCT; asking for twice the
@@ -109,7 +115,7 @@ class Extractor:
         if size != image.size:
             image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
         array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return (tensor - self._mean) / self._std
 
     # --- many files ----------------------------------------------------------------------
