@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from matchlens.config import PipelineSpec, spec_from_preset
 from matchlens.index.index import BuildReport, Index, ProgressFactory, SearchResult, open_index
 from matchlens.io.collection import scan_many
+
+if TYPE_CHECKING:
+    from matchlens.evaluate.results import Evaluation
 
 
 def build_index(
@@ -56,4 +59,46 @@ def search(index_dir: str | os.PathLike, query, box=None, k: int = 20) -> list[S
     return open_index(index_dir).search(query, box=box, k=k)
 
 
-__all__ = ["build_index", "build_index_report", "create_index", "open_index", "search", "Index", "SearchResult"]
+def evaluate(
+    dataset_root: str | os.PathLike,
+    index_dir: str | os.PathLike | None = None,
+    spec: PipelineSpec | None = None,
+    preset: str = "default",
+    protocols: Sequence[str] | None = None,
+    dataset_format: str | None = None,
+    dataset_options: dict | None = None,
+    report_dir: str | os.PathLike | None = None,
+    progress: ProgressFactory | None = None,
+) -> list["Evaluation"]:
+    """Evaluate retrieval on a dataset in its official layout (or gt.json).
+
+    With ``index_dir`` naming an existing index, that index is evaluated (it must contain the
+    dataset's images; extra images count as distractors). Otherwise an index is built from
+    ``spec``/``preset`` — into ``index_dir`` when given (kept for the next run), else into a
+    temporary folder. ``protocols``: ``cropped`` (standard where queries have boxes), ``full``.
+    """
+    import tempfile
+
+    from matchlens.evaluate.protocol import dataset_paths, default_protocol, evaluate_index
+    from matchlens.index import store
+    from matchlens.io.official import load_dataset
+
+    dataset = load_dataset(dataset_root, dataset_format, **(dataset_options or {}))
+    protocols = list(protocols or [default_protocol(dataset)])
+    with tempfile.TemporaryDirectory(prefix="matchlens-eval-") as tmp:
+        target = Path(index_dir) if index_dir else Path(tmp) / "index"
+        if store.is_index_dir(target) and spec is None:
+            index = open_index(target)
+        else:
+            index = Index.build(dataset_paths(dataset), target, spec or spec_from_preset(preset), progress=progress)[0]
+        evaluations = [evaluate_index(index, dataset, p, progress=progress) for p in protocols]
+    if report_dir:
+        from matchlens.evaluate.report import write_report
+
+        for evaluation, protocol in zip(evaluations, protocols):
+            write_report(evaluation, Path(report_dir) / f"{dataset.name}-{protocol}" if len(protocols) > 1 else Path(report_dir))
+    return evaluations
+
+
+__all__ = ["build_index", "build_index_report", "create_index", "evaluate", "open_index", "search", "Index",
+           "SearchResult"]

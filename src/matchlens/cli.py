@@ -191,6 +191,52 @@ def search(
     out.print(table)
 
 
+@app.command("eval")
+def eval_(
+    dataset: Path = typer.Argument(..., help="Dataset root: gt.json set, Oxford/Paris folder, revisitop, Holidays, UKBench, INSTRE."),
+    dataset_format: Optional[str] = typer.Option(None, "--format", help="Dataset layout (auto-detected when omitted)."),
+    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Evaluate this index (built here if missing)."),
+    protocol: List[str] = typer.Option([], "--protocol", help="cropped (standard where queries have boxes) and/or full; repeat for both."),
+    difficulty: Optional[str] = typer.Option(None, help="Revisited Oxford/Paris: easy | medium | hard."),
+    distractors: Optional[Path] = typer.Option(None, help="Revisited Oxford/Paris: the R1M distractor folder."),
+    upright: bool = typer.Option(False, help="Holidays: use the rotated-upright images."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Pipeline to build with (default preset when building)."),
+    backbone: Optional[str] = BackboneOpt, weights: Optional[str] = WeightsOpt, max_side: Optional[int] = MaxSideOpt,
+    scales: Optional[str] = ScalesOpt, pooling: Optional[str] = PoolingOpt, pooling_params: Optional[str] = PoolingParamsOpt,
+    whitening: Optional[str] = WhiteningOpt, whitening_params: Optional[str] = WhiteningParamsOpt,
+    whitening_source: Optional[str] = WhiteningSourceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the evaluation (summary and per-query metrics) as JSON."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a report (PR curves, worst queries HTML) here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Evaluate an index (or a pipeline) on a dataset under its standard protocol; print the metrics."""
+    from matchlens.api import evaluate
+    from matchlens.evaluate.protocol import NOTES, format_table
+
+    pipeline_given = any(v is not None for v in (preset, backbone, weights, max_side, scales, pooling, pooling_params,
+                                                 whitening, whitening_params, whitening_source))
+    spec = _spec_options(preset or "default", backbone, weights, max_side, scales, pooling, pooling_params, whitening,
+                         whitening_params, whitening_source) if pipeline_given or index_dir is None else None
+    options = {k: v for k, v in (("protocol", difficulty), ("distractors", distractors), ("upright", upright or None))
+               if v is not None}
+    with progress_factory(not quiet and not as_json) as progress:
+        evaluations = evaluate(dataset, index_dir, spec=spec, protocols=protocol or None, dataset_format=dataset_format,
+                               dataset_options=options, report_dir=report, progress=progress)
+    if as_json:
+        payload = [e.to_dict() for e in evaluations]
+        sys.stdout.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=1) + "\n")
+        return
+    rows = format_table(evaluations)
+    table = Table(*rows[0], title=f"pipeline: {evaluations[0].pipeline}")
+    for row in rows[1:]:
+        table.add_row(*row)
+    out.print(table)
+    for note in NOTES:
+        out.print(f"  {note}", markup=False, highlight=False)
+    if report:
+        out.print(f"report: {report}", markup=False, highlight=False)
+
+
 @app.command()
 def presets() -> None:
     """List the named pipelines."""

@@ -4,16 +4,15 @@ can be moved or mailed as one file."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
+# Shared with the evaluation report; re-exported here so the demo's public names stay put.
+from matchlens.evaluate.html import STYLE, THUMB, thumbnail_uri
 
-THUMB = 160
+__all__ = ["STYLE", "THUMB", "ResultRow", "thumbnail_uri", "write_results_page"]
 
 
 @dataclass
@@ -24,26 +23,6 @@ class ResultRow:
     label: str
     ap: float
     results: Sequence[tuple[str, float, str]]  # (path, score, verdict: "positive" | "negative" | "junk")
-
-
-def thumbnail_uri(path: str | Path, side: int = THUMB) -> str:
-    """A JPEG data URI of a small thumbnail of ``path``."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((side, side))
-        buffer = io.BytesIO()
-        img.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
-h1{font-size:1.4em} .summary{margin-bottom:1em}
-table{border-collapse:collapse} td{padding:6px;vertical-align:top;text-align:center;font-size:12px}
-tr{border-bottom:1px solid #ddd} img{display:block;max-width:160px;max-height:160px;margin:auto}
-.q img{outline:3px solid #36c} .positive img{outline:4px solid #2a2} .negative img{outline:4px solid #d33}
-.junk img{outline:4px solid #aaa} .tag{font-weight:bold} .positive .tag{color:#2a2} .negative .tag{color:#d33}
-"""
 
 
 def write_results_page(path: Path, title: str, summary: str, rows: Sequence[ResultRow]) -> Path:

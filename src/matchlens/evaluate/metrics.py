@@ -194,3 +194,26 @@ def ns_score(ranking: Sequence[Hashable], group: Collection, k: int = 4) -> floa
         return math.nan
     _check_unique(ranking)
     return float(sum(1 for item in ranking[:k] if item in members))
+
+
+def precision_at_k_revisitop(
+    ranking: Sequence[Hashable], positives: Collection, junk: Collection = (), *, k: int
+) -> float:
+    """mP@k as revisitop's ``compute_map`` defines it (the figure ROxford/RParis papers quote).
+
+    With ``pos`` the 1-based positions of the positives in the junk-free ranking and
+    ``kq = min(max(pos), k)``, the value is ``|{p in pos : p <= kq}| / kq``: the cut-off shrinks to
+    the last positive found, so a query with 2 positives at ranks 1-2 scores 1.0 at k=10.
+    Positives missing from the ranking do not count; NaN when there are no positives, 0.0 when
+    none of them was ranked.
+    """
+    k = _check_k(k)
+    _check_unique(ranking)
+    positives = frozenset(positives)
+    if not positives:
+        return math.nan
+    hits = [r + 1 for r in _hit_ranks(ranking, positives, junk)]
+    if not hits:
+        return 0.0
+    kq = min(max(hits), k)
+    return sum(1 for p in hits if p <= kq) / kq
