@@ -34,6 +34,19 @@ def make_scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     return img.filter(ImageFilter.SMOOTH)
 
 
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the ``matchlens`` CLI in-process; returns (exit code, stdout, stderr)."""
+    from matchlens.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="session")
 def scenes_dir(tmp_path_factory) -> Path:
     """A folder of 10 distinct JPEG scenes named scene_00.jpg ... scene_09.jpg."""

@@ -14,21 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from matchlens.cli import main
-from tests.conftest import make_scene
+from tests.conftest import make_scene, run_cli
 
 SMALL = ["--max-side", "128"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def matchlens_exe() -> str:
@@ -183,3 +171,25 @@ def test_index_replaced_atomically_for_a_concurrent_reader(tmp_path, scenes_dir)
     subprocess.run([matchlens_exe(), "add", str(root), str(extra), "-q"], check=True, capture_output=True)
     assert reader.size == 10 and matchlens.open_index(root).size == 11
     assert len(reader.search(scenes_dir / "scene_03.jpg", k=3)) == 3
+
+
+def test_cirtorch_checkpoint_indexes_with_its_own_gem_p(capsys, tmp_path, scenes_dir):
+    """`--backbone resnet18 --weights cirtorch.pth`: the network's learned GeM p is used."""
+    import torch
+    import torchvision
+
+    from tests.test_backbones import cirtorch_checkpoint, resnet_trunk
+
+    torch.manual_seed(0)
+    path = tmp_path / "retrieval-resnet18-gem.pth"
+    torch.save(cirtorch_checkpoint(resnet_trunk(torchvision.models.resnet18(weights=None)), "resnet18", 2.7, None), path)
+    root = tmp_path / "i"
+    code, _, err = run_cli(capsys, "index", scenes_dir, "--index", root, "--backbone", "resnet18", "--weights", path,
+                           "--scales", "1", "--max-side", "96", "-q")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "info", root, "--json")
+    info = json.loads(out)
+    assert info["spec"]["pooling"] == "gem" and info["spec"]["pooling_params"]["p"] == pytest.approx(2.7, abs=1e-5)
+    assert info["dim"] == 512 and info["images"] == 10
+    code, out, _ = run_cli(capsys, "search", root, scenes_dir / "scene_08.jpg", "-k", "1", "--json")
+    assert Path(json.loads(out)[0]["path"]).name == "scene_08.jpg"

@@ -11,23 +11,12 @@ from pathlib import Path
 import pytest
 
 import matchlens
-from matchlens.cli import main
 from matchlens.evaluate.protocol import query_metrics, select_queries
 from matchlens.io.datasets import Query, load_gt_json
-from tests.conftest import SHARED_DATA, make_scene
+from tests.conftest import SHARED_DATA, make_scene, run_cli
 
 CHECKER = SHARED_DATA.parent / "tools" / "map_from_search.py"
 EXPECTED = Path(__file__).parent / "expected" / "oxford5k_subset_default.json"
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +70,7 @@ def test_eval_agrees_with_the_independent_checker(toy_set, toy_index):
     """The done-criterion of the evaluation issue, on a small set: eval == map_from_search to 0.01."""
     if not CHECKER.is_file():
         pytest.skip("../shared/tools/map_from_search.py is not present")
-    [evaluation] = matchlens.evaluate(toy_set, toy_index.root, protocols=["full"])
+    [evaluation] = matchlens.evaluate_dataset(toy_set, toy_index.root, protocols=["full"])
     exe = str(Path(sys.executable).with_name("matchlens"))
     out = subprocess.run([sys.executable, str(CHECKER), exe, str(toy_index.root), str(toy_set)],
                          capture_output=True, text=True, check=True)
@@ -115,7 +104,7 @@ def test_regression_guard_default_preset_on_oxford5k_subset(shared_data, tmp_pat
     """Fails when the default preset loses more than 1 mAP point on oxford5k_subset."""
     expected = json.loads(EXPECTED.read_text())
     assert expected["preset"] == "default" and expected["pipeline"] == matchlens.spec_from_preset("default").describe()
-    evaluations = matchlens.evaluate(shared_data / "oxford5k_subset", tmp_path / "index", protocols=["full", "cropped"])
+    evaluations = matchlens.evaluate_dataset(shared_data / "oxford5k_subset", tmp_path / "index", protocols=["full", "cropped"])
     measured = {e.protocol.split(" (")[0]: e.summary["mAP"] for e in evaluations}
     for protocol, value in expected["mAP"].items():
         assert measured[protocol] >= value - 1.0, f"{protocol}: mAP {measured[protocol]:.2f} < expected {value:.2f} - 1"

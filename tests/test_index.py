@@ -303,3 +303,20 @@ def test_backbone_from_a_weights_file_and_a_changed_file_is_refused(tmp_path, sc
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # someone replaced the file
     with pytest.raises(matchlens.MatchlensError, match="weights .* changed"):
         matchlens.open_index(tmp_path / "i").search(scenes_dir / "scene_06.jpg")
+
+
+def test_unwritable_targets_fail_with_one_line(tmp_path, scenes_dir, small_spec, monkeypatch):
+    a_file = tmp_path / "file.idx"
+    a_file.write_text("x")
+    with pytest.raises(IndexError_, match="is a file"):
+        matchlens.build_index(scenes_dir, a_file, spec=small_spec)
+    import sqlite3
+
+    from matchlens.index import journal
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal.Journal, "record", full)
+    with pytest.raises(IndexError_, match="disk is full.*intact"):
+        matchlens.build_index(scenes_dir, tmp_path / "i", spec=small_spec)

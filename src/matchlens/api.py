@@ -41,12 +41,19 @@ def build_index(
 
 def build_index_report(
     source, index_dir, spec: PipelineSpec | None = None, preset: str = "default",
-    rebuild: bool = False, progress: ProgressFactory | None = None,
+    rebuild: bool = False, progress: ProgressFactory | None = None, dba: dict | None | str = "keep",
 ) -> tuple[Index, BuildReport]:
-    """Like :func:`build_index`, also returning what was computed, reused and skipped."""
+    """Like :func:`build_index`, also returning what was computed, reused and skipped.
+
+    ``dba``: database-side augmentation (``{"k": 3}`` or ``{"k": 3, "alpha": 3}``), None to turn
+    it off, ``"keep"`` (default) to keep the index's current setting.
+    """
+    from matchlens.index.index import KEEP
+
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     paths = scan_many([str(s) for s in sources])
-    return Index.build(paths, index_dir, spec or spec_from_preset(preset), rebuild=rebuild, progress=progress)
+    return Index.build(paths, index_dir, spec or spec_from_preset(preset), rebuild=rebuild, progress=progress,
+                       dba=KEEP if dba == "keep" else dba)
 
 
 def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None, preset: str = "default") -> Index:
@@ -54,12 +61,13 @@ def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None,
     return Index.build([], Path(index_dir), spec or spec_from_preset(preset))[0]
 
 
-def search(index_dir: str | os.PathLike, query, box=None, k: int = 20) -> list[SearchResult]:
-    """One-shot search: open ``index_dir`` and rank it against ``query`` (path, bytes, PIL image or array)."""
-    return open_index(index_dir).search(query, box=box, k=k)
+def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: str | None = None) -> list[SearchResult]:
+    """One-shot search: open ``index_dir`` and rank it against ``query`` (path, bytes, PIL image or
+    array), optionally re-ranked by a chain such as ``"sv:k=100,aqe:k=2"``."""
+    return open_index(index_dir).search(query, box=box, k=k, rerank=rerank)
 
 
-def evaluate(
+def evaluate_dataset(
     dataset_root: str | os.PathLike,
     index_dir: str | os.PathLike | None = None,
     spec: PipelineSpec | None = None,
@@ -69,6 +77,7 @@ def evaluate(
     dataset_options: dict | None = None,
     report_dir: str | os.PathLike | None = None,
     progress: ProgressFactory | None = None,
+    rerank: str | None = None,
 ) -> list["Evaluation"]:
     """Evaluate retrieval on a dataset in its official layout (or gt.json).
 
@@ -76,6 +85,7 @@ def evaluate(
     dataset's images; extra images count as distractors). Otherwise an index is built from
     ``spec``/``preset`` — into ``index_dir`` when given (kept for the next run), else into a
     temporary folder. ``protocols``: ``cropped`` (standard where queries have boxes), ``full``.
+    ``rerank``: a re-ranking chain applied to every query, e.g. ``"sv:k=100,aqe:k=2"``.
     """
     import tempfile
 
@@ -91,7 +101,7 @@ def evaluate(
             index = open_index(target)
         else:
             index = Index.build(dataset_paths(dataset), target, spec or spec_from_preset(preset), progress=progress)[0]
-        evaluations = [evaluate_index(index, dataset, p, progress=progress) for p in protocols]
+        evaluations = [evaluate_index(index, dataset, p, progress=progress, rerank=rerank) for p in protocols]
     if report_dir:
         from matchlens.evaluate.report import write_report
 
@@ -100,5 +110,5 @@ def evaluate(
     return evaluations
 
 
-__all__ = ["build_index", "build_index_report", "create_index", "evaluate", "open_index", "search", "Index",
+__all__ = ["build_index", "build_index_report", "create_index", "evaluate_dataset", "open_index", "search", "Index",
            "SearchResult"]

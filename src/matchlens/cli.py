@@ -66,9 +66,15 @@ def _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_
     )
     if pooling and pooling_params is None:
         overrides["pooling_params"] = {}  # a different pooling does not inherit the preset's params
+    if weights and not pooling:
+        from matchlens.models.cirtorch import checkpoint_pooling
+
+        overrides.update(checkpoint_pooling(overrides["weights"]) or {})  # e.g. a fine-tuned GeM's own p
     return spec_from_preset(preset, **overrides)
 
 
+RERANK_HELP = ("Re-ranking chain, e.g. sv:k=100,aqe:k=2,diffusion (aqe, alpha_qe, kr, diffusion, sv; "
+               "name:param=value, more params as ,param=value).")
 PresetOpt = typer.Option("default", "--preset", help="Named pipeline (see 'matchlens presets').")
 BackboneOpt = typer.Option(None, help="Backbone architecture, e.g. tf_efficientnet_lite0, resnet50, vgg16, timm:NAME.")
 WeightsOpt = typer.Option(None, help="Weights file (state dict, safetensors or cirtorch checkpoint).")
@@ -90,6 +96,7 @@ def index(
     pooling_params: Optional[str] = PoolingParamsOpt, whitening: Optional[str] = WhiteningOpt,
     whitening_params: Optional[str] = WhiteningParamsOpt, whitening_source: Optional[str] = WhiteningSourceOpt,
     rebuild: bool = typer.Option(False, help="Replace an index built with a different pipeline."),
+    dba: Optional[str] = typer.Option(None, "--dba", help="Database-side augmentation, e.g. k=3 or k=3,alpha=3; 'off' to remove."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Index SOURCE into --index DIR (resumes an interrupted run; unchanged images are reused)."""
@@ -98,8 +105,32 @@ def index(
     spec = _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_params, whitening,
                          whitening_params, whitening_source)
     with progress_factory(not quiet) as progress:
-        idx, report = build_index_report(source, index_dir, spec, rebuild=rebuild, progress=progress)
+        idx, report = build_index_report(source, index_dir, spec, rebuild=rebuild, progress=progress,
+                                          dba=_dba_option(dba))
     _print_report(idx, report)
+
+
+def _dba_option(text: str | None):
+    """``None`` → keep; ``off`` → None; ``k=3,alpha=3`` → params."""
+    from matchlens.config import parse_params
+
+    if text is None:
+        return "keep"
+    return None if text.strip().lower() in ("off", "none", "0") else parse_params(text)
+
+
+@app.command("dba")
+def dba_command(
+    index_dir: Path = typer.Argument(..., help="Index folder."),
+    params: str = typer.Argument(..., help="k=3 (weights (k-i)/k) or k=3,alpha=3 (weights sim^alpha); 'off' to remove."),
+) -> None:
+    """Database-side augmentation: replace each indexed vector by a weighted sum of its neighbours
+    (reversible: the raw descriptors are kept; 'off' restores the plain vectors)."""
+    from matchlens.api import open_index
+
+    setting = _dba_option(params)
+    idx, _ = open_index(index_dir).set_dba(setting)
+    out.print(f"dba: {idx.manifest.get('dba') or 'off'}; {idx.size} images in {idx.root}", markup=False, highlight=False)
 
 
 @app.command()
@@ -143,7 +174,7 @@ def info(
     idx = open_index(index_dir)
     bad = store.verify_checksums(idx._gen) if check else []
     summary = {
-        "path": str(idx.root), "generation": idx.generation, "images": idx.size,
+        "path": str(idx.root), "generation": idx.generation, "images": idx.size, "dba": idx.manifest.get("dba"),
         "skipped": len(idx.skipped()), "dim": idx.dim, "pipeline": idx.spec.describe(),
         "spec": idx.spec.to_dict(), "whitening": idx.manifest.get("whitening_state"),
         "created": idx.manifest.get("created"), "runtime": _runtime(),
@@ -154,7 +185,7 @@ def info(
         out.print_json(json.dumps(summary))
     else:
         table = Table(show_header=False, box=None)
-        for key in ("path", "generation", "images", "skipped", "dim", "pipeline", "whitening", "runtime", "created"):
+        for key in ("path", "generation", "images", "skipped", "dim", "pipeline", "whitening", "dba", "runtime", "created"):
             table.add_row(key, str(summary[key]))
         out.print(table)
         for entry in summary.get("skipped_files", []):
@@ -173,6 +204,7 @@ def search(
     k: int = typer.Option(20, "-k", "--top", help="Number of results.", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, score, id, path}."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Assert the index uses this preset's pipeline."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help=RERANK_HELP),
 ) -> None:
     """Rank the indexed images against a query image."""
     from matchlens.api import open_index
@@ -181,7 +213,7 @@ def search(
 
     idx = open_index(index_dir)
     results = idx.search(Path(query).expanduser(), box=parse_box(box) if box else None, k=k,
-                         spec=spec_from_preset(preset) if preset else None)
+                         spec=spec_from_preset(preset) if preset else None, rerank=rerank)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
         return
@@ -207,11 +239,12 @@ def eval_(
     whitening_source: Optional[str] = WhiteningSourceOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the evaluation (summary and per-query metrics) as JSON."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a report (PR curves, worst queries HTML) here."),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help=RERANK_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Evaluate an index (or a pipeline) on a dataset under its standard protocol; print the metrics."""
-    from matchlens.api import evaluate
-    from matchlens.evaluate.protocol import NOTES, format_table
+    from matchlens.api import evaluate_dataset
+    from matchlens.evaluate.protocol import NOTES, format_table, legend
 
     pipeline_given = any(v is not None for v in (preset, backbone, weights, max_side, scales, pooling, pooling_params,
                                                  whitening, whitening_params, whitening_source))
@@ -220,8 +253,9 @@ def eval_(
     options = {k: v for k, v in (("protocol", difficulty), ("distractors", distractors), ("upright", upright or None))
                if v is not None}
     with progress_factory(not quiet and not as_json) as progress:
-        evaluations = evaluate(dataset, index_dir, spec=spec, protocols=protocol or None, dataset_format=dataset_format,
-                               dataset_options=options, report_dir=report, progress=progress)
+        evaluations = evaluate_dataset(dataset, index_dir, spec=spec, protocols=protocol or None, dataset_format=dataset_format,
+                               dataset_options=options, report_dir=report, progress=progress,
+                                       rerank=rerank)
     if as_json:
         payload = [e.to_dict() for e in evaluations]
         sys.stdout.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=1) + "\n")
@@ -231,6 +265,8 @@ def eval_(
     for row in rows[1:]:
         table.add_row(*row)
     out.print(table)
+    for line in legend(evaluations):
+        out.print(line, markup=False, highlight=False)
     for note in NOTES:
         out.print(f"  {note}", markup=False, highlight=False)
     if report:
@@ -285,27 +321,36 @@ def _print_report(idx, report) -> None:
     out.print(f"index: {idx.root} ({idx.size} images, pipeline: {idx.spec.describe()})", markup=False, highlight=False)
 
 
+def _click_error() -> type[Exception]:
+    """ClickException of the click that typer runs on (recent typer vendors its own)."""
+    try:
+        from typer._click.exceptions import ClickException  # type: ignore[import-not-found]
+    except ImportError:  # older typer: plain click
+        from click.exceptions import ClickException
+    return ClickException
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the typer app, turning every error into one line and an exit code."""
-    import click
-
     from matchlens.errors import MatchlensError
 
+    click_error = _click_error()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="matchlens", standalone_mode=False)
+        code = command.main(args=argv, prog_name="matchlens", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Exit as exc:  # --help and friends
+        sys.exit(exc.exit_code)
     except MatchlensError as exc:
         err.print(f"matchlens: error: {exc}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("matchlens: interrupted", markup=False)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click_error as exc:  # usage errors: click's own message (usage line + one error line)
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("matchlens: interrupted", markup=False)
-        sys.exit(130)
     except Exception as exc:  # a bug: still one line unless debugging
         if os.environ.get("MATCHLENS_DEBUG"):
             raise

@@ -59,6 +59,13 @@ def _hit_ranks(ranking: Sequence[Hashable], positives: frozenset, junk: Collecti
     return [pos for pos, item in enumerate(_clean(ranking, junk)) if item in positives]
 
 
+def _hits_at_k(ranking: Sequence[Hashable], positives: Collection, junk: Collection, k: int) -> list[int] | None:
+    """Checked ``k`` and the 0-based hit positions of the junk-free ranking; None without positives."""
+    _check_k(k)
+    pos = frozenset(positives)
+    return _hit_ranks(ranking, pos, junk) if pos else None
+
+
 def average_precision(
     ranking: Sequence[Hashable], positives: Collection, junk: Collection = ()
 ) -> float:
@@ -117,12 +124,10 @@ def precision_at_k(
     Raises:
         ValueError: if ``k < 1`` or ``ranking`` repeats an id.
     """
-    k = _check_k(k)
-    pos = frozenset(positives)
-    if not pos:
+    ranks = _hits_at_k(ranking, positives, junk, k)
+    if ranks is None:
         return math.nan
-    hits = sum(1 for r in _hit_ranks(ranking, pos, junk) if r < k)
-    return hits / k
+    return sum(1 for r in ranks if r < k) / k
 
 
 def average_precision_at_k(
@@ -145,16 +150,12 @@ def average_precision_at_k(
     Raises:
         ValueError: if ``k < 1`` or ``ranking`` repeats an id.
     """
-    k = _check_k(k)
-    pos = frozenset(positives)
-    if not pos:
+    ranks = _hits_at_k(ranking, positives, junk, k)
+    if ranks is None:
         return math.nan
-    total = 0.0
-    for j, r in enumerate(_hit_ranks(ranking, pos, junk)):
-        if r >= k:
-            break
-        total += (j + 1) / (r + 1)  # precision at the (r+1)-th result, which is the (j+1)-th hit
-    return total / min(k, len(pos))
+    # precision at the (r+1)-th result, which is the (j+1)-th hit
+    total = sum((j + 1) / (r + 1) for j, r in enumerate(ranks) if r < k)
+    return total / min(k, len(frozenset(positives)))
 
 
 def recall_at_k(
@@ -168,11 +169,9 @@ def recall_at_k(
     Raises:
         ValueError: if ``k < 1`` or ``ranking`` repeats an id.
     """
-    k = _check_k(k)
-    pos = frozenset(positives)
-    if not pos:
+    ranks = _hits_at_k(ranking, positives, junk, k)
+    if ranks is None:
         return math.nan
-    ranks = _hit_ranks(ranking, pos, junk)
     return 1.0 if ranks and ranks[0] < k else 0.0
 
 
@@ -207,12 +206,10 @@ def precision_at_k_revisitop(
     Positives missing from the ranking do not count; NaN when there are no positives, 0.0 when
     none of them was ranked.
     """
-    k = _check_k(k)
-    _check_unique(ranking)
-    positives = frozenset(positives)
-    if not positives:
+    ranks = _hits_at_k(ranking, positives, junk, k)
+    if ranks is None:
         return math.nan
-    hits = [r + 1 for r in _hit_ranks(ranking, positives, junk)]
+    hits = [r + 1 for r in ranks]
     if not hits:
         return 0.0
     kq = min(max(hits), k)

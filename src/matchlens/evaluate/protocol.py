@@ -65,28 +65,33 @@ def evaluate_index(
     dataset: Dataset,
     protocol: str | None = None,
     progress: Callable[[int, str], Callable[[int], None]] | None = None,
+    rerank: str | None = None,
 ) -> Evaluation:
-    """Rank every query of ``dataset`` against ``index`` and compute per-query and mean metrics."""
+    """Rank every query of ``dataset`` against ``index`` (re-ranked by the chain ``rerank``, e.g.
+    ``"sv:k=100,aqe:k=2"``) and compute per-query and mean metrics."""
     protocol = protocol or default_protocol(dataset)
     chosen = select_queries(dataset, protocol)
     names = _row_names(index, dataset)
     advance = progress(len(chosen), "queries") if progress else None
+    ukbench_like = all(len(q.positives) == 3 and not q.junk and q.image not in q.positives for q, _, _ in chosen)
     outcomes = []
     for query, box, label in chosen:
-        vector = index.query_vector(dataset.image_path(query.image), box)
-        scores, rows = index.search_vectors(vector[None, :], index.size)
-        ranking = [names[int(r)] for r in rows[0]]
-        outcomes.append(QueryOutcome(query, ranking, [float(s) for s in scores[0]], query_metrics(query, ranking), label))
+        shortlist = index.rank(dataset.image_path(query.image), box, index.size, rerank)
+        ranking = [names[int(r)] for r in shortlist.rows]
+        outcomes.append(QueryOutcome(query, ranking, shortlist.scores.tolist(),
+                                     query_metrics(query, ranking, ns=ukbench_like), label))
         if advance:
             advance(1)
     return Evaluation(
-        dataset=dataset.name, protocol=protocol_label(dataset, protocol), pipeline=index.spec.describe(),
+        dataset=dataset.name, protocol=protocol_label(dataset, protocol),
+        pipeline=index.spec.describe() + (f" + rerank {rerank}" if rerank else ""),
         image_root=str(dataset.image_dir), outcomes=outcomes, summary=summarise(outcomes), notes=list(NOTES),
     )
 
 
-def query_metrics(query: Query, ranking: Sequence[str], ks: Sequence[int] = KS) -> dict[str, float]:
-    """AP, P@k (revisitop), AP@k, R@k and N-S of one ranking."""
+def query_metrics(query: Query, ranking: Sequence[str], ks: Sequence[int] = KS, ns: bool = False) -> dict[str, float]:
+    """AP, P@k (revisitop), AP@k, R@k of one ranking, and with ``ns`` (UKBench-style groups of
+    four, every query with its three others) the N-S score."""
     ignore = set(query.junk)
     if query.image not in query.positives:
         ignore.add(query.image)
@@ -95,7 +100,7 @@ def query_metrics(query: Query, ranking: Sequence[str], ks: Sequence[int] = KS) 
         values[f"P@{k}"] = metrics.precision_at_k_revisitop(ranking, query.positives, ignore, k=k)
         values[f"AP@{k}"] = metrics.average_precision_at_k(ranking, query.positives, ignore, k=k)
         values[f"R@{k}"] = metrics.recall_at_k(ranking, query.positives, ignore, k=k)
-    if len(query.positives) == 3 and query.image not in query.positives:  # UKBench-style groups of 4
+    if ns:
         values["N-S"] = metrics.ns_score(ranking, set(query.positives) | {query.image}, k=4)
     return values
 
@@ -132,15 +137,23 @@ def dataset_paths(dataset: Dataset) -> list[str]:
 
 
 def format_table(evaluations: Sequence[Evaluation]) -> list[list[str]]:
-    """Rows for a printed table: dataset, protocol, pipeline, then every summary metric."""
-    keys = list(dict.fromkeys(k for e in evaluations for k in e.summary if k != "queries"))
-    rows = [["dataset", "protocol", *keys]]
-    for e in evaluations:
-        rows.append([e.dataset, e.protocol, *(_fmt(e.summary.get(k, math.nan), k) for k in keys)])
+    """Rows for a printed table, one row per metric and one column per evaluation (narrow enough
+    for a terminal); the header names each column ``dataset [n]``, see :func:`legend`."""
+    keys = list(dict.fromkeys(k for e in evaluations for k in e.summary))
+    rows = [["metric", *(f"{e.dataset} [{i}]" for i, e in enumerate(evaluations, 1))]]
+    for key in keys:
+        rows.append([key, *(_fmt(e.summary.get(key, math.nan), key) for e in evaluations)])
     return rows
+
+
+def legend(evaluations: Sequence[Evaluation]) -> list[str]:
+    """One line per column of :func:`format_table`: which queries and protocol it measured."""
+    return [f"[{i}] {e.dataset}: {e.protocol}" for i, e in enumerate(evaluations, 1)]
 
 
 def _fmt(value: float, key: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
-    return f"{value:.2f}" if key == "N-S" else f"{value:.1f}"
+    if key == "queries":
+        return str(int(value))
+    return f"{value:.2f}"

@@ -4,8 +4,9 @@ Everything is written into one folder and works offline: the PR plot is a PNG ne
 and every thumbnail is embedded in the page as a data URI.
 
 The precision-recall curves and the verdicts follow the metric exactly (revisitop's protocol, as
-in :mod:`matchlens.evaluate.metrics`): junk images and the query itself are removed from the
-ranking before anything is counted, so what the report shows is what the AP measured.
+in :mod:`matchlens.evaluate.metrics`): junk images and the query itself (unless the ground truth
+lists it among its own positives) are removed from the ranking before anything is counted, so
+what the report shows is what the AP measured.
 """
 
 from __future__ import annotations
@@ -59,31 +60,35 @@ _REPORT_STYLE = STYLE + "".join(
 section.qblock{border-bottom:1px solid #ccc;padding:1em 0}
 .head{display:flex;gap:1.5em;align-items:flex-start} .head .info{font-size:13px;line-height:1.5}
 .results{display:flex;flex-wrap:wrap;gap:10px;margin-top:.8em}
-figure{margin:0;width:170px;text-align:center;font-size:12px;word-break:break-all}
+figure{margin:0;width:170px;text-align:center;font-size:12px} figure img{margin:4px auto 8px}
+.name{word-break:break-all} .q img{margin:4px}
 .missing{border:2px dashed #999;margin:auto;font-size:11px;color:#555;overflow:hidden;
   display:flex;flex-direction:column;justify-content:center;align-items:center}
-.metrics td,.metrics th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}
+.metrics td,.metrics th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd;font-size:14px;vertical-align:middle}
 """
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
 def _excluded(outcome: QueryOutcome) -> frozenset[str]:
-    """Ids the metric removes from the ranking: the junk and the query image itself."""
-    return frozenset(outcome.query.junk) | {outcome.query.image}
+    """Ids the metric removes from the ranking: the junk, and the query image itself unless the
+    ground truth lists it as one of its own positives (as :func:`~matchlens.evaluate.protocol.query_metrics` does)."""
+    query = outcome.query
+    self_ = frozenset() if query.image in query.positives else {query.image}
+    return frozenset(query.junk) | self_
 
 
 def _metric_verdict(outcome: QueryOutcome, name: str) -> str:
-    """The verdict as the metric applies it.
+    """The verdict as the metric applies it: ``query``, ``junk``, ``positive`` or ``negative``.
 
-    Junk is checked before positives because :func:`~matchlens.evaluate.metrics.average_precision`
-    removes an id listed as both, whereas :meth:`QueryOutcome.verdict` would call it positive.
+    Unlike :meth:`QueryOutcome.verdict`, junk wins over positive (``average_precision`` removes
+    an id listed as both) and a query image listed among its own positives counts as positive.
     """
-    if name == outcome.query.image:
-        return "query"
     if name in outcome.query.junk:
         return "junk"
-    return outcome.verdict(name)
+    if name in outcome.query.positives:
+        return "positive"
+    return "query" if name == outcome.query.image else "negative"
 
 
 def _require_queries(evaluation: Evaluation) -> None:
@@ -132,7 +137,8 @@ def _map_percent(evaluation: Evaluation) -> float:
 def precision_recall_points(outcome: QueryOutcome) -> tuple[np.ndarray, np.ndarray]:
     """The vertices of the query's precision-recall curve, as revisitop integrates it.
 
-    Junk and the query itself are removed from the ranking first. The curve starts at recall 0,
+    Junk and the query itself (unless it is one of its own positives) are removed from the
+    ranking first, as the evaluation protocol does. The curve starts at recall 0,
     precision 1; then for each positive, at 0-based position ``r`` of the junk-free ranking and
     ``j`` positives before it, it has the point just before the positive (recall ``j / P``,
     precision ``j / r``: a vertical drop, omitted when equal to the previous point) and the point
@@ -195,7 +201,7 @@ def _short(name: str, width: int = 32) -> str:
 
 def _plot_title(evaluation: Evaluation) -> str:
     """Dataset, protocol, pipeline and mAP, wrapped to fit the figure."""
-    head = f"{evaluation.dataset} — {evaluation.protocol} — mAP {_fmt(_map_percent(evaluation), 1)}"
+    head = f"{evaluation.dataset} — {evaluation.protocol} — mAP {_fmt(_map_percent(evaluation), 1)}%"
     pipeline = textwrap.fill(evaluation.pipeline, 90, max_lines=2, placeholder=" …")
     return _mathtext_safe(f"{head}\n{pipeline}" if pipeline else head)
 
@@ -225,7 +231,8 @@ def plot_pr_curves(evaluation: Evaluation, path: Path, highlight: int = 5) -> Pa
         ax.plot(_RECALL_GRID, mean, color="black", linewidth=2.8, label="mean interpolated precision")
     for i, outcome in enumerate(scored[:highlight]):
         recall, precision = precision_recall_points(outcome)
-        ax.plot(recall, precision, color=f"C{i % 10}", linewidth=1.6,
+        # Markers, because a query with no positive retrieved has a one-point "curve".
+        ax.plot(recall, precision, color=f"C{i % 10}", linewidth=1.6, marker="o", markersize=3,
                 label=_mathtext_safe(f"{_short(outcome.query.image)}  AP {100 * outcome.ap:.1f}"))
     if not scored:
         ax.text(0.5, 0.5, "no query has positives: nothing to plot", ha="center", va="center")
@@ -287,16 +294,16 @@ def _positives_text(outcome: QueryOutcome) -> str:
     n = len(outcome.query.positives)
     shown = [i for i, name in enumerate(outcome.ranking, 1) if _metric_verdict(outcome, name) == "positive"]
     counted = _hit_ranks(outcome.ranking, frozenset(outcome.query.positives), _excluded(outcome))
-    parts = [f"{n} positive{'s' if n != 1 else ''} in the ground truth, {len(shown)} in the ranking"]
+    parts = [f"{n} positive{'s' if n != 1 else ''} in the ground truth, {len(shown) or 'none'} in the ranking"]
     if not shown:
-        parts.append("no positive in the ranking")
-        return "; ".join(parts)
+        return parts[0]
     first = f"first positive at rank {shown[0]}"
     if counted and counted[0] + 1 != shown[0]:
         first += f" (rank {counted[0] + 1} once junk and the query are removed)"
     parts.append(first)
-    more = ", ".join(str(r) for r in shown[:FIRST_POSITIVES])
-    parts.append(f"positives at ranks {more}{', …' if len(shown) > FIRST_POSITIVES else ''}")
+    if len(shown) > 1:
+        more = ", ".join(str(r) for r in shown[:FIRST_POSITIVES])
+        parts.append(f"positives at ranks {more}{', …' if len(shown) > FIRST_POSITIVES else ''}")
     return "; ".join(parts)
 
 
@@ -315,11 +322,11 @@ def _query_section(evaluation: Evaluation, outcome: QueryOutcome, top: int, cach
     """A query's block: its thumbnail (box drawn), AP and metrics, positives, top results."""
     q = outcome.query
     thumb = thumbnail_html(_image_path(evaluation, q.image), q.image, box=q.box, cache=cache)
-    metrics = " · ".join(f"{html.escape(k)} {_fmt(v)}" for k, v in outcome.metrics.items())
+    metrics = "".join(f" · {html.escape(k)} {_fmt(v)}" for k, v in outcome.metrics.items() if k != "AP")
     info = [f"<b class=qname>{html.escape(q.image)}</b>",
             f"group {html.escape(q.group or '—')} · {html.escape(outcome.query_label or 'query')}"
             + (" · box drawn in yellow" if q.box is not None else ""),
-            f"<b>AP {_fmt(outcome.ap)}</b> · {metrics}",
+            f"<b>AP {_fmt(outcome.ap)}</b>{metrics}",
             f"<span class=positives>{html.escape(_positives_text(outcome))}</span>"]
     results = "".join(_result_figure(evaluation, outcome, rank, cache)
                       for rank in range(1, min(top, len(outcome.ranking)) + 1))
@@ -372,7 +379,7 @@ def write_worst_queries_html(evaluation: Evaluation, path: Path, worst: int = 10
     cache: dict = {}  # an image shown for several queries is decoded once
     title = f"{evaluation.dataset} — {evaluation.protocol}: worst queries"
     body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p class=summary>{html.escape(evaluation.pipeline)} · mAP {_fmt(_map_percent(evaluation), 1)} · "
+            f"<p class=summary>{html.escape(evaluation.pipeline)} · mAP {_fmt(_map_percent(evaluation), 1)}% · "
             f"the {min(worst, len(scored))} lowest-AP of {len(scored)} scored queries, top {top} results each</p>",
             _legend()]
     body += [_query_section(evaluation, o, top, cache) for o in scored[:worst]]

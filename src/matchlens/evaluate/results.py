@@ -25,14 +25,14 @@ class QueryOutcome:
         return self.metrics.get("AP", math.nan)
 
     def verdict(self, name: str) -> str:
-        """Why a ranked image counts as it does: ``query``, ``positive``, ``junk`` or ``negative``."""
-        if name == self.query.image:
-            return "query"
-        if name in self.query.positives:
-            return "positive"
+        """Why a ranked image counts as the metric counts it: ``junk`` or ``query`` (both ignored),
+        ``positive`` or ``negative``. Junk wins over positive, and the query image is a positive only
+        where the ground truth lists it as one (classic Oxford/Paris)."""
         if name in self.query.junk:
             return "junk"
-        return "negative"
+        if name in self.query.positives:
+            return "positive"
+        return "query" if name == self.query.image else "negative"
 
 
 @dataclass

@@ -7,9 +7,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from matchlens import __version__
 from matchlens.config import PipelineSpec
@@ -18,10 +19,14 @@ from matchlens.index import metadata, store
 from matchlens.index.journal import Journal
 from matchlens.index.metadata import Entry
 
+if TYPE_CHECKING:
+    from matchlens.rerank import Reranker, Shortlist
+
 DESCRIPTORS = "descriptors.npy"
 VECTORS = "vectors.npy"
 WHITENING = "whitening.npz"
 META = "meta.sqlite"
+KEEP = object()  # a writer argument meaning "leave this setting as the current generation has it"
 
 
 class Interrupted(MatchlensError):
@@ -85,6 +90,7 @@ class Index:
         self._faiss = None
         self._extractor = None
         self._whitening = None
+        self._query_vectors: dict[tuple, np.ndarray] = {}
 
     # --- properties ------------------------------------------------------------------------
     @property
@@ -155,17 +161,53 @@ class Index:
             self._whitening = PCAWhitening.load(self._gen.path / WHITENING)
         return self._whitening.transform(raw)
 
-    def search(self, query, box: Sequence[float] | None = None, k: int = 20, spec: PipelineSpec | None = None) -> list[SearchResult]:
-        """Rank the collection against a query given as path, bytes, PIL image or array."""
+    def search(self, query, box: Sequence[float] | None = None, k: int = 20, spec: PipelineSpec | None = None,
+               rerank: "str | Sequence[Reranker] | None" = None) -> list[SearchResult]:
+        """Rank the collection against a query given as path, bytes, PIL image or array.
+
+        ``rerank`` is a chain such as ``"sv:k=100,aqe:k=2,diffusion"`` (or reranker objects).
+        """
         self.check_spec(spec)
-        return self.search_vector(self.query_vector(query, box), k)
+        return self._results(self.rank(query, box, k, rerank).head(k))
+
+    def rank(self, query, box: Sequence[float] | None = None, depth: int = 20,
+             rerank: "str | Sequence[Reranker] | None" = None) -> "Shortlist":
+        """The query's shortlist (rows and scores, best first) of at least ``depth`` entries, re-ranked."""
+        from matchlens.rerank import QueryInput, Shortlist, chain_depth, parse_chain, run_chain
+
+        chain = parse_chain(rerank) if isinstance(rerank, str) else list(rerank or [])
+        image, vector = self.encode_query(query, box, keep_image=any(r.needs_image for r in chain))
+        scores, rows = self.search_vectors(vector[None, :], max(depth, chain_depth(chain)))
+        shortlist = Shortlist(rows[0], scores[0])
+        if chain:
+            query_input = QueryInput(vector=vector, image=image, sha256=_content_sha(query))
+            shortlist = run_chain(chain, query_input, shortlist, IndexContext(self))
+        return shortlist
+
+    def encode_query(self, query, box=None, keep_image: bool = False) -> tuple[Image.Image | None, np.ndarray]:
+        """(decoded query image if wanted, searchable vector); vectors of files are memoised
+        (by path, size, mtime and box) so repeated queries — evaluations, re-ranking sweeps — skip
+        the network."""
+        key = _file_key(query, box)
+        if key is not None and key in self._query_vectors and not keep_image:
+            return None, self._query_vectors[key]
+        image = self.extractor.load(query, box)
+        vector = self._whiten(self.extractor.describe_image(image)[None, :])[0]
+        if key is not None:
+            if len(self._query_vectors) >= 4096:
+                self._query_vectors.clear()
+            self._query_vectors[key] = vector
+        return (image if keep_image else None), vector
 
     def search_vector(self, vector: np.ndarray, k: int = 20) -> list[SearchResult]:
         """Rank the collection against one searchable vector."""
         scores, rows = self.search_vectors(np.asarray(vector, dtype=np.float32)[None, :], k)
+        return self._results(_shortlist(rows[0], scores[0]))
+
+    def _results(self, shortlist) -> list[SearchResult]:
         return [
             SearchResult(rank=i + 1, score=float(s), id=self._row_entry[int(r)].id, path=self._row_entry[int(r)].path)
-            for i, (s, r) in enumerate(zip(scores[0], rows[0]))
+            for i, (s, r) in enumerate(zip(shortlist.scores, shortlist.rows))
             if r >= 0
         ]
 
@@ -198,13 +240,26 @@ class Index:
         spec: PipelineSpec,
         rebuild: bool = False,
         progress: ProgressFactory | None = None,
+        dba: Any = KEEP,
     ) -> tuple["Index", BuildReport]:
-        """Index exactly ``paths`` into ``root`` (reusing unchanged descriptors, resuming a crashed build)."""
+        """Index exactly ``paths`` into ``root`` (reusing unchanged descriptors, resuming a crashed build).
+
+        ``dba``: database-side augmentation parameters (``{"k": 3}``, optionally ``"alpha"``), None
+        to turn it off, or leave out to keep the current setting.
+        """
         root = Path(root)
         with store.writer_lock(root):
             current = _open_if_exists(root)
-            builder = _Builder(root, spec, current, rebuild, progress)
+            builder = _Builder(root, spec, current, rebuild, progress, dba=dba)
             return builder.run(paths, keep=[])
+
+    def set_dba(self, params: dict | None) -> tuple["Index", BuildReport]:
+        """Turn database-side augmentation on (``{"k": 3}``) or off (None): a new generation whose
+        searchable vectors are recomputed from the stored raw descriptors, so it is reversible."""
+        with store.writer_lock(self.root):
+            current = Index(self.root)
+            builder = _Builder(self.root, current.spec, current, False, None, refit=False, dba=params)
+            return builder.run([], keep=list(current.entries))
 
     def add(self, sources: Sequence[str], progress: ProgressFactory | None = None) -> tuple["Index", BuildReport]:
         """Add (or refresh) files, folders or list files; existing images stay; returns the new generation."""
@@ -232,6 +287,70 @@ class Index:
             return index, report
 
 
+class IndexContext:
+    """What rerankers may use of an index (see :class:`matchlens.rerank.RerankContext`)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.index.vectors()
+
+    @property
+    def generation(self) -> str:
+        return self.index.generation
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search_vectors(vectors, k)
+
+    def image_path(self, row: int) -> str:
+        return self.index.entry_for_row(row).path
+
+    def image_sha256(self, row: int) -> str:
+        return self.index.entry_for_row(row).sha256
+
+    def cache_dir(self, kind: str) -> Path | None:
+        """``DIR/cache/KIND`` (outside the generations, so caches survive re-indexing); None if read-only."""
+        folder = self.index.root / "cache" / kind
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return folder if os.access(folder, os.W_OK) else None
+
+
+def _shortlist(rows: np.ndarray, scores: np.ndarray):
+    from matchlens.rerank import Shortlist
+
+    return Shortlist(rows, scores)
+
+
+def _file_key(query, box) -> tuple | None:
+    """A memo key for a query file (None for in-memory queries)."""
+    if not isinstance(query, (str, os.PathLike)):
+        return None
+    try:
+        stat = os.stat(query)
+    except OSError:
+        return None
+    return (str(Path(query).resolve()), stat.st_size, stat.st_mtime_ns, tuple(box) if box is not None else None)
+
+
+def _content_sha(query) -> str | None:
+    """sha256 of a query given as a file or bytes (a cache key for its local features)."""
+    import hashlib
+
+    try:
+        if isinstance(query, (bytes, bytearray)):
+            return hashlib.sha256(query).hexdigest()
+        if isinstance(query, (str, os.PathLike)):
+            return hashlib.sha256(Path(query).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return None
+
+
 def _under(path: str, target: str) -> bool:
     return path == target or path.startswith(target.rstrip(os.sep) + os.sep)
 
@@ -247,12 +366,22 @@ def _open_if_exists(root: Path) -> Index | None:
     return None
 
 
+def _checked_dba(params: dict | None) -> dict | None:
+    if not params:
+        return None
+    from matchlens.rerank.dba import validate_dba_params
+
+    return validate_dba_params(params)
+
+
 class _Builder:
     """One write: gather descriptors (cache → journal → extraction), fit whitening, publish."""
 
     def __init__(self, root: Path, spec: PipelineSpec, current: Index | None, rebuild: bool,
-                 progress: ProgressFactory | None, refit: bool = True) -> None:
+                 progress: ProgressFactory | None, refit: bool = True, dba: Any = KEEP) -> None:
         self.root, self.current, self.progress, self.refit = root, current, progress, refit
+        # Database-side augmentation: kept from the current generation unless given (None = off).
+        self.dba = (current.manifest.get("dba") if current else None) if dba is KEEP else _checked_dba(dba)
         self._extractor = None
         self.spec = spec
         if current is not None and not rebuild:
@@ -372,6 +501,10 @@ class _Builder:
         try:
             state, vectors = self._whiten(raw, tmp)
             report.whitening = state
+            if self.dba and len(vectors) > 1:
+                from matchlens.rerank.dba import dba_vectors
+
+                vectors = dba_vectors(vectors, **self.dba)
             write_generation(tmp, raw, vectors, [e for e, _ in entries])
             manifest = {
                 "spec": self.spec.to_dict(),
@@ -380,6 +513,7 @@ class _Builder:
                 "dim": int(vectors.shape[1]),
                 "raw_dim": int(raw.shape[1]),
                 "whitening_state": state,
+                "dba": self.dba or None,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "matchlens_version": __version__,
             }

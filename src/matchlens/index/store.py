@@ -107,9 +107,20 @@ def file_sha256(path: Path) -> str:
 
 @contextlib.contextmanager
 def writer_lock(root: Path) -> Iterator[None]:
-    """Hold the index's write lock; a second writer gets a one-line error instead of waiting."""
-    root.mkdir(parents=True, exist_ok=True)
-    handle = open(root / ".lock", "a+")
+    """Hold the index's write lock; a second writer gets a one-line error instead of waiting.
+
+    Any OSError or SQLite error inside (permissions, disk full, read-only file system) becomes a
+    one-line IndexError_: every write goes to a new generation, so the previous index is intact.
+    """
+    import sqlite3
+
+    if root.exists() and not root.is_dir():
+        raise IndexError_(f"'{root}' is a file, not an index folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / ".lock", "a+")
+    except OSError as exc:
+        raise IndexError_(f"cannot write index '{root}': {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -117,6 +128,9 @@ def writer_lock(root: Path) -> Iterator[None]:
         raise IndexError_(f"index '{root}' is being written by another matchlens process; try again when it finishes") from None
     try:
         yield
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise IndexError_(f"could not write index '{root}': {reason}; the previous index is intact") from None
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()

@@ -170,3 +170,23 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def checkpoint_pooling(path: str | Path) -> dict[str, Any] | None:
+    """The pooling a cirtorch checkpoint was trained with, as pipeline-spec fields, or None.
+
+    A GeM network fine-tuned with learnable p is only right with its own p, so the CLI adopts it
+    when the user names no pooling. Other files (plain state dicts) give None.
+    """
+    from matchlens.models.weights import check_weights_path, read_checkpoint
+
+    obj = read_checkpoint(check_weights_path(path))
+    if not is_cirtorch_checkpoint(obj):
+        return None
+    info = parse_cirtorch(obj, Path(path)).meta
+    name = str(info.get("pooling") or "").lower()
+    if name == "gem" and info.get("gem_p"):
+        return {"pooling": "gem", "pooling_params": {"p": float(info["gem_p"])}}
+    if name in ("mac", "spoc", "rmac"):
+        return {"pooling": name, "pooling_params": {}}
+    return None

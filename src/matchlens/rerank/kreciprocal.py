@@ -1,0 +1,115 @@
+"""k-reciprocal re-ranking (Zhong et al., CVPR'17), restricted to the head of the shortlist.
+
+The original method works on all query and gallery images; here it runs on the query and its
+top ``k`` shortlist vectors only — an (k+1)×(k+1) problem, never N×N:
+
+1. original distance d(a, b) = 2 - 2·aᵀb (squared Euclidean distance of unit vectors);
+2. R(p, k1): the k-reciprocal neighbours of p — members of p's k1 nearest (itself included)
+   that also have p among their own k1 nearest;
+3. expansion: for each c in R(p, k1), R(c, round(k1/2)) is added when more than 2/3 of it
+   already lies in R(p, k1);
+4. encoding V_p[g] = exp(-d(p, g)) / Σ over the expanded set, 0 outside it;
+5. local query expansion: V_p ← mean of V over p's k2 nearest (itself included);
+6. Jaccard distance d_J(q, g) = 1 - Σ min(V_q, V_g) / Σ max(V_q, V_g);
+7. final distance = (1 - λ)·d_J + λ·d.
+
+Unlike the reference implementation, d is not divided by each row's maximum: on unit vectors it
+already lies in [0, 4], and a per-shortlist maximum would make λ's balance depend on whichever
+image happens to be last in the shortlist.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from matchlens.errors import ConfigError
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+
+__all__ = ["KReciprocal", "k_reciprocal_distance"]
+
+
+@RERANKERS.register("kr")
+class KReciprocal(Reranker):
+    """Re-sort the top ``k`` of the shortlist by the k-reciprocal final distance.
+
+    Scores of the re-sorted head are ``1 - final distance`` (1 for a perfect match, as a cosine
+    would be). The rest of the input shortlist follows in its original order; its scores are
+    shifted down by one constant where needed so the whole list stays non-increasing.
+    """
+
+    name: ClassVar[str] = "kr"
+    defaults: ClassVar[dict[str, Any]] = {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3}
+
+    def validate(self) -> None:
+        for key in ("k", "k1", "k2"):
+            positive_int(self.config, key, self.name)
+        lam = self.config["lambda_"]
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 <= lam <= 1):
+            raise ConfigError(f"{self.name}: lambda_ must be a number in [0, 1], got {lam!r}")
+
+    def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
+        """The head re-sorted by final distance, then the tail unchanged."""
+        head = shortlist.rows[: self.config["k"]]
+        head = head[: int(np.count_nonzero(head >= 0))]  # FAISS pads short result lists with -1 at the end
+        if len(head) < 2:
+            return shortlist
+        vectors = np.vstack([np.asarray(query.vector, dtype=np.float64)[None, :],
+                             np.asarray(ctx.vectors[head], dtype=np.float64)])
+        distance = k_reciprocal_distance(vectors, self.config["k1"], self.config["k2"], float(self.config["lambda_"]))
+        order = np.argsort(distance, kind="stable")
+        head_scores = (1.0 - distance[order]).astype(np.float32)
+        tail_rows, tail_scores = shortlist.rows[len(head):], shortlist.scores[len(head):]
+        if len(tail_scores):
+            tail_scores = tail_scores - max(0.0, float(tail_scores[0] - head_scores[-1]))
+        return Shortlist(np.concatenate([head[order], tail_rows]), np.concatenate([head_scores, tail_scores]))
+
+
+def k_reciprocal_distance(vectors: np.ndarray, k1: int, k2: int, lambda_: float) -> np.ndarray:
+    """Final distances from row 0 (the query) to rows 1.. of ``vectors`` ((m+1, d), unit rows)."""
+    original = np.maximum(2.0 - 2.0 * (vectors @ vectors.T), 0.0)
+    rank = _initial_rank(original)
+    encoding = _local_expansion(_encoding(original, rank, k1), rank, k2)
+    query = encoding[0]
+    overlap = np.minimum(query, encoding[1:]).sum(axis=1)
+    union = np.maximum(query, encoding[1:]).sum(axis=1)  # > 0: every set holds its own row
+    jaccard = 1.0 - overlap / union
+    return (1.0 - lambda_) * jaccard + lambda_ * original[0, 1:]
+
+
+def _initial_rank(original: np.ndarray) -> np.ndarray:
+    """Each row's neighbours, nearest first, with the row itself always first (duplicates tie at 0)."""
+    keyed = original.copy()
+    np.fill_diagonal(keyed, -1.0)
+    return np.argsort(keyed, axis=1, kind="stable")
+
+
+def _reciprocal(rank: np.ndarray, p: int, k: int) -> np.ndarray:
+    """R(p, k): members of p's k+1 nearest (itself included) whose own k+1 nearest include p."""
+    forward = rank[p, : k + 1]
+    return forward[(rank[forward, : k + 1] == p).any(axis=1)]
+
+
+def _encoding(original: np.ndarray, rank: np.ndarray, k1: int) -> np.ndarray:
+    """V: each row's Gaussian-kernel weights over its expanded k-reciprocal set, summing to 1."""
+    size = len(original)
+    half = max(1, round(k1 / 2))
+    half_sets = [_reciprocal(rank, c, half) for c in range(size)]
+    encoding = np.zeros_like(original)
+    for p in range(size):
+        core = _reciprocal(rank, p, k1)
+        # A candidate's smaller set joins only when it mostly agrees with p's set: this adds
+        # positives hard to reach directly without letting in a whole foreign cluster.
+        extra = [half_sets[c] for c in core if np.isin(half_sets[c], core).sum() > 2 / 3 * len(half_sets[c])]
+        members = np.unique(np.concatenate([core, *extra]))
+        weights = np.exp(-original[p, members])
+        encoding[p, members] = weights / weights.sum()
+    return encoding
+
+
+def _local_expansion(encoding: np.ndarray, rank: np.ndarray, k2: int) -> np.ndarray:
+    """Each row of V replaced by the mean over its k2 nearest rows (itself included)."""
+    if k2 == 1:
+        return encoding
+    return encoding[rank[:, :k2]].mean(axis=1)

@@ -1,0 +1,182 @@
+"""Local features for spatial verification: RootSIFT keypoints and an on-disk cache of them.
+
+RootSIFT (Arandjelović & Zisserman, "Three things everyone should know to improve object
+retrieval", CVPR 2012) is SIFT with each descriptor L1-normalised and square-rooted, so that the
+Euclidean distance between RootSIFT vectors equals the Hellinger kernel between the SIFT
+histograms. Every RootSIFT vector therefore has unit L2 norm.
+
+The cache stores one small ``.npz`` file per (image content hash, extraction parameters), so the
+features of a database image are computed once and reused by every later query.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+__all__ = ["FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTOR_DIM = 128
+_FORMAT_VERSION = 1  # bump when extraction changes, so old cache files stop matching the key
+# What np.load raises on a truncated, foreign or half-written file: a bad cache file is a miss.
+_BAD_CACHE_FILE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints and RootSIFT descriptors of one image, row-aligned.
+
+    ``xy`` are pixel coordinates (x right, y down, pixel centres at integers) in the frame of the
+    image that was given to :func:`extract_rootsift`, whose (width, height) is ``size``.
+    """
+
+    xy: np.ndarray           # (n, 2) float32
+    scale: np.ndarray        # (n,) float32: keypoint diameter in pixels of ``size``
+    angle: np.ndarray        # (n,) float32: orientation in degrees, as OpenCV reports it
+    descriptors: np.ndarray  # (n, 128) float32, non-negative, unit L2 norm
+    size: tuple[int, int]    # (width, height) of the frame ``xy`` refers to
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+    @classmethod
+    def empty(cls, size: tuple[int, int]) -> "LocalFeatures":
+        """No keypoints (a blank or tiny image)."""
+        return cls(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, DESCRIPTOR_DIM), np.float32), size)
+
+
+def feature_key(max_keypoints: int, max_side: int) -> str:
+    """The cache key of the extraction parameters (file-name safe)."""
+    return f"rootsift{_FORMAT_VERSION}-n{max_keypoints}-s{max_side}"
+
+
+def extract_rootsift(image: Image.Image, max_keypoints: int = 1000, max_side: int = 1024) -> LocalFeatures:
+    """Detect SIFT keypoints on the grayscale image and return RootSIFT descriptors.
+
+    The image is shrunk (never enlarged) so that its longest side is at most ``max_side``, which
+    bounds the cost on large photos; keypoint coordinates and sizes are scaled back to the pixel
+    frame of ``image``. At most ``max_keypoints`` keypoints are kept, the strongest first.
+    """
+    width, height = image.size
+    gray = np.asarray(image.convert("L"))
+    factor = min(1.0, max_side / max(width, height))
+    if factor < 1.0:
+        work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        gray = cv2.resize(gray, work_size, interpolation=cv2.INTER_AREA)
+    keypoints, descriptors = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+    if descriptors is None or not keypoints:
+        return LocalFeatures.empty((width, height))
+    return _assemble(keypoints, descriptors, factor, max_keypoints, (width, height))
+
+
+def _assemble(keypoints: list[cv2.KeyPoint], descriptors: np.ndarray, factor: float, max_keypoints: int,
+              size: tuple[int, int]) -> LocalFeatures:
+    """Turn OpenCV's output into :class:`LocalFeatures` in the original pixel frame."""
+    response = np.array([kp.response for kp in keypoints], np.float32)
+    # OpenCV keeps every keypoint tied with the n-th strongest, so it can return more than asked.
+    keep = np.argsort(-response, kind="stable")[:max_keypoints]
+    sift = descriptors[keep].astype(np.float32)
+    l1 = sift.sum(axis=1)
+    keep, sift, l1 = keep[l1 > 0], sift[l1 > 0], l1[l1 > 0]  # an all-zero SIFT has no RootSIFT
+    rootsift = np.sqrt(sift / l1[:, None]).astype(np.float32)
+    points = np.array([keypoints[i].pt for i in keep], np.float32).reshape(-1, 2)
+    # Scale pixel centres, not corners, back: centre c at factor f came from (c + 0.5) / f - 0.5.
+    xy = (points + 0.5) / factor - 0.5
+    np.clip(xy, 0, [size[0] - 1, size[1] - 1], out=xy)
+    scale = np.array([keypoints[i].size for i in keep], np.float32) / factor
+    angle = np.array([keypoints[i].angle for i in keep], np.float32)
+    return LocalFeatures(xy.astype(np.float32), scale, angle, rootsift, size)
+
+
+class FeatureCache:
+    """Local features on disk, one ``<folder>/<sha[:2]>/<sha>-<key>.npz`` file per image and key.
+
+    Descriptors are stored as float16 (RootSIFT values lie in [0, 1]; the rounding, about 1e-3
+    relative, does not change which neighbour is nearest in practice) and come back as float32;
+    keypoints are stored as float32. Writes go to a temporary file in the same folder that is then
+    renamed over the target, so a reader sees either a whole file or none, even with several
+    processes writing the same entry. An unreadable or malformed file counts as a miss.
+    ``hits`` and ``misses`` count :meth:`get` outcomes (for tests and statistics).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()  # the counters may be bumped from several threads
+
+    def path(self, sha256: str, key: str) -> Path:
+        """Where the entry for ``sha256`` and parameter ``key`` lives."""
+        return self.folder / sha256[:2] / f"{sha256}-{key}.npz"
+
+    def get(self, sha256: str, key: str) -> LocalFeatures | None:
+        """The cached features, or None if absent or unreadable."""
+        features = self._read(self.path(sha256, key))
+        with self._lock:
+            if features is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return features
+
+    def put(self, sha256: str, key: str, features: LocalFeatures) -> bool:
+        """Store ``features`` atomically; False (and a logged warning) if the disk refuses."""
+        target = self.path(sha256, key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
+        except OSError as error:
+            log.warning("cannot write local-feature cache %s: %s", target, error)
+            return False
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, xy=features.xy.astype(np.float32), scale=features.scale.astype(np.float32),
+                         angle=features.angle.astype(np.float32),
+                         descriptors=features.descriptors.astype(np.float16),
+                         size=np.asarray(features.size, np.int64))
+            os.replace(temporary, target)
+            return True
+        except OSError as error:
+            log.warning("cannot write local-feature cache %s: %s", target, error)
+            _remove_quietly(temporary)
+            return False
+
+    @staticmethod
+    def _read(path: Path) -> LocalFeatures | None:
+        """Load and check one cache file; None if it is missing or not a valid entry."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                xy, descriptors = data["xy"].astype(np.float32), data["descriptors"].astype(np.float32)
+                scale, angle = data["scale"].astype(np.float32), data["angle"].astype(np.float32)
+                size = tuple(int(v) for v in data["size"])
+        except FileNotFoundError:
+            return None
+        except _BAD_CACHE_FILE as error:
+            log.warning("ignoring unreadable local-feature cache file %s: %s", path, error)
+            return None
+        n = len(xy)
+        if (xy.shape != (n, 2) or descriptors.shape != (n, DESCRIPTOR_DIM) or scale.shape != (n,)
+                or angle.shape != (n,) or len(size) != 2):
+            log.warning("ignoring malformed local-feature cache file %s", path)
+            return None
+        return LocalFeatures(xy, scale, angle, descriptors, (size[0], size[1]))
+
+
+def _remove_quietly(path: str) -> None:
+    """Delete a temporary file, ignoring that it may already be gone."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

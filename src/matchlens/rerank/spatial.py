@@ -1,0 +1,213 @@
+"""Spatial verification: re-rank the top of a shortlist by geometrically consistent local matches.
+
+For each of the first ``k`` shortlist entries, RootSIFT features of the query and the database
+image are matched (nearest neighbour with Lowe's ratio test), a homography (or fundamental matrix)
+is fitted robustly (MAGSAC++ or RANSAC), and the number of inliers measures how surely the two
+images show the same object. Database features are cached on disk by image content hash, so a
+repeated verification does not recompute them.
+
+Scores after verification, for a shortlist whose largest score is ``top``:
+
+* a verified image (``inliers >= min_inliers``) scores ``max(top, 1) + inliers / 1000``: strictly
+  above every score of the input shortlist (so above every unverified entry), increasing with the
+  inlier count, and equal to the usual ``1 + inliers / 1000`` for cosine scores;
+* the other entries keep their scores and their relative order.
+
+Verified images come first (most inliers first, ties in original order), then the unverified of
+the first ``k``, then the rest of the shortlist unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from matchlens.errors import ConfigError, MatchlensError
+from matchlens.io.images import load_image
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+from matchlens.rerank.local_features import FeatureCache, LocalFeatures, extract_rootsift, feature_key
+
+__all__ = ["SpatialVerification", "count_inliers", "match_features"]
+
+log = logging.getLogger(__name__)
+
+CACHE_KIND = "local_features"
+_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
+_MIN_MATCHES = {"homography": 4, "fundamental": 8}  # points each model's solver needs
+_CONFIDENCE = 0.999
+_MAX_ITERS = 2000
+_INLIER_SCALE = 1000.0  # verified score = base + inliers / _INLIER_SCALE
+# A database image we cannot use is left unverified: unreadable or bad file (MatchlensError covers
+# ImageLoadError), an OS error from the context, or OpenCV refusing the pixels.
+_UNUSABLE_IMAGE = (MatchlensError, OSError, cv2.error)
+
+
+@RERANKERS.register("sv")
+class SpatialVerification(Reranker):
+    """Verify the top ``k`` by local-feature geometry and move verified images to the front.
+
+    Parameters: ``k`` (entries to verify), ``max_keypoints`` (SIFT keypoints per image),
+    ``max_side`` (longest side features are detected at), ``ratio`` (Lowe ratio test),
+    ``method`` (``magsac`` or ``ransac``), ``model`` (``homography`` or ``fundamental``),
+    ``threshold`` (inlier distance in pixels at the ``max_side`` working resolution),
+    ``min_inliers`` (inliers needed to count as verified).
+
+    After :meth:`rerank`, ``last_inliers`` maps each verified-or-rejected row to its inlier count
+    and ``last_unreadable`` holds the rows whose image could not be read (left unverified).
+    """
+
+    name = "sv"
+    needs_image = True
+    defaults = {"k": 100, "max_keypoints": 1000, "max_side": 1024, "ratio": 0.8, "method": "magsac",
+                "model": "homography", "threshold": 8.0, "min_inliers": 12}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.last_inliers: dict[int, int] = {}
+        self.last_unreadable: set[int] = set()
+        self.cache: FeatureCache | None = None  # kept across queries so its counters accumulate
+
+    def validate(self) -> None:
+        """One-line ConfigError for any parameter out of range."""
+        for key in ("k", "max_keypoints", "max_side", "min_inliers"):
+            positive_int(self.config, key, self.name)
+        ratio, threshold = self.config["ratio"], self.config["threshold"]
+        if not _is_number(ratio) or not 0 < ratio <= 1:
+            raise ConfigError(f"{self.name}: ratio must be a number in (0, 1], got {ratio!r}")
+        if not _is_number(threshold) or threshold <= 0:
+            raise ConfigError(f"{self.name}: threshold must be a positive number of pixels, got {threshold!r}")
+        for key, choices in (("method", _METHODS), ("model", _MIN_MATCHES)):
+            if not isinstance(self.config[key], str) or self.config[key] not in choices:
+                raise ConfigError(f"{self.name}: {key} must be one of {', '.join(choices)}, got {self.config[key]!r}")
+
+    def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
+        """Verify the first ``k`` entries and reorder them; the rest is returned unchanged."""
+        self.last_inliers, self.last_unreadable = {}, set()
+        if query.image is None or len(shortlist) == 0:
+            if query.image is None:
+                log.warning("spatial verification skipped: the query has no image")
+            return shortlist
+        self._use_cache(ctx)
+        query_features = self._query_features(query)
+        head = shortlist.head(self.config["k"])
+        for row in head.rows.tolist():
+            features = self._database_features(ctx, row)
+            if features is None:
+                self.last_unreadable.add(row)
+            else:
+                self.last_inliers[row] = self._inliers(query_features, features)
+        return self._reorder(shortlist, len(head))
+
+    # ---------------------------------------------------------------------------------------
+    # Features
+
+    @property
+    def _key(self) -> str:
+        return feature_key(self.config["max_keypoints"], self.config["max_side"])
+
+    def _extract(self, image: Image.Image) -> LocalFeatures:
+        return extract_rootsift(image, self.config["max_keypoints"], self.config["max_side"])
+
+    def _use_cache(self, ctx: RerankContext) -> None:
+        """Open the context's cache folder, reusing the open cache while the folder is the same."""
+        folder = ctx.cache_dir(CACHE_KIND)
+        if folder is None:
+            self.cache = None
+        elif self.cache is None or self.cache.folder != Path(folder):
+            self.cache = FeatureCache(folder)
+
+    def _cached(self, sha256: str, compute: Callable[[], LocalFeatures]) -> LocalFeatures:
+        """Features from the cache, else ``compute()`` stored in it."""
+        features = self.cache.get(sha256, self._key) if self.cache is not None else None
+        if features is None:
+            features = compute()
+            if self.cache is not None:
+                self.cache.put(sha256, self._key, features)
+        return features
+
+    def _query_features(self, query: QueryInput) -> LocalFeatures:
+        """The query's features; cached only for queries read from a file (``sha256`` known)."""
+        if query.sha256 is None:
+            return self._extract(query.image)
+        # query.image may be a crop of the file, so the key covers the pixels as well as the file.
+        pixels = hashlib.sha256(f"{query.sha256}:{query.image.size}:".encode())
+        pixels.update(query.image.convert("RGB").tobytes())
+        return self._cached(pixels.hexdigest(), lambda: self._extract(query.image))
+
+    def _database_features(self, ctx: RerankContext, row: int) -> LocalFeatures | None:
+        """The features of database image ``row``, or None if its image cannot be read."""
+        try:
+            return self._cached(ctx.image_sha256(row), lambda: self._extract(
+                load_image(ctx.image_path(row), max_side=self.config["max_side"])))
+        except _UNUSABLE_IMAGE as error:
+            log.warning("spatial verification skips database row %d: %s", row, error)
+            return None
+
+    # ---------------------------------------------------------------------------------------
+    # Matching and scoring
+
+    def _inliers(self, query: LocalFeatures, database: LocalFeatures) -> int:
+        """Inliers of the robust model fitted to the ratio-test matches, in working-frame pixels."""
+        src, dst = match_features(query, database, self.config["ratio"])
+        side = self.config["max_side"]
+        return count_inliers(_to_working_frame(src, query.size, side), _to_working_frame(dst, database.size, side),
+                             self.config["model"], self.config["method"], float(self.config["threshold"]))
+
+    def _reorder(self, shortlist: Shortlist, k: int) -> Shortlist:
+        """Verified first (by inliers, then original order), unverified of the top k, then the rest."""
+        rows, scores = shortlist.rows, shortlist.scores.astype(np.float64)
+        counts = np.array([self.last_inliers.get(int(row), 0) for row in rows[:k]], np.int64)
+        verified = counts >= self.config["min_inliers"]
+        # A stable sort on -inliers keeps the original (score) order among equal inlier counts.
+        order = np.flatnonzero(verified)[np.argsort(-counts[verified], kind="stable")]
+        base = max(1.0, float(scores.max()))
+        new_rows = np.concatenate([rows[order], rows[:k][~verified], rows[k:]])
+        new_scores = np.concatenate([base + counts[order] / _INLIER_SCALE, scores[:k][~verified], scores[k:]])
+        return Shortlist(new_rows, new_scores.astype(np.float32))
+
+
+def match_features(query: LocalFeatures, database: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Query→database nearest-neighbour matches passing Lowe's ratio test: (src, dst) points, (m, 2)."""
+    if len(query) == 0 or len(database) < 2:  # the ratio test needs a second neighbour
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors, database.descriptors, k=2)
+    good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
+    if not good:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    q_idx, d_idx = np.array(good, np.int64).T
+    return query.xy[q_idx], database.xy[d_idx]
+
+
+def count_inliers(src: np.ndarray, dst: np.ndarray, model: str, method: str, threshold: float) -> int:
+    """Inliers of a ``model`` fitted robustly to ``src``→``dst``; 0 if too few points or no fit."""
+    if len(src) < _MIN_MATCHES[model]:
+        return 0
+    flag = _METHODS[method]
+    try:
+        if model == "homography":
+            matrix, mask = cv2.findHomography(src, dst, flag, threshold, maxIters=_MAX_ITERS, confidence=_CONFIDENCE)
+        else:
+            matrix, mask = cv2.findFundamentalMat(src, dst, flag, threshold, _CONFIDENCE, _MAX_ITERS)
+    except cv2.error:  # degenerate configurations (e.g. all points collinear) can raise
+        return 0
+    if matrix is None or mask is None:
+        return 0
+    return int(np.count_nonzero(mask))
+
+
+def _to_working_frame(points: np.ndarray, size: tuple[int, int], max_side: int) -> np.ndarray:
+    """Scale points to the resolution features were detected at, so ``threshold`` means the same
+    number of pixels whatever the size the image was decoded at."""
+    factor = min(1.0, max_side / max(size))
+    return np.ascontiguousarray(points * np.float32(factor), dtype=np.float32)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
