@@ -199,7 +199,7 @@ def test_positive_homogeneity(seed, scale, h, w):
     x = random_map(seed, h=h, w=w, low=0.05)  # well above eps, so the clamps never bite
     for name in ("mac", "spoc", "gem", "crow"):
         torch.testing.assert_close(FUNCTIONS[name](scale * x), scale * FUNCTIONS[name](x))
-    torch.testing.assert_close(rmac(scale * x), rmac(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rmac(scale * x), rmac(x), atol=1e-4, rtol=1e-5)  # float32 sums of ~10
 
 
 @settings(max_examples=25, deadline=None)
