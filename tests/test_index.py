@@ -320,3 +320,11 @@ def test_unwritable_targets_fail_with_one_line(tmp_path, scenes_dir, small_spec,
     monkeypatch.setattr(journal.Journal, "record", full)
     with pytest.raises(IndexError_, match="disk is full.*intact"):
         matchlens.build_index(scenes_dir, tmp_path / "i", spec=small_spec)
+
+
+def test_create_empty_index_then_add_and_search(tmp_path, scenes_dir, small_spec):
+    empty = matchlens.create_index(tmp_path / "i", spec=small_spec)
+    assert empty.size == 0 and empty.search(scenes_dir / "scene_00.jpg", k=5) == []
+    grown, report = empty.add([str(scenes_dir)])
+    assert grown.size == 10 and report.computed == 10
+    assert Path(grown.search(scenes_dir / "scene_09.jpg", k=1)[0].path).name == "scene_09.jpg"

@@ -149,8 +149,7 @@ class Index:
 
     def query_vector(self, query, box: Sequence[float] | None = None) -> np.ndarray:
         """The searchable (whitened) vector of a query image, optionally cropped to ``box``."""
-        raw = self.extractor.describe(query, box)
-        return self._whiten(raw[None, :])[0]
+        return self.encode_query(query, box)[1]
 
     def _whiten(self, raw: np.ndarray) -> np.ndarray:
         if self.manifest.get("whitening_state") != "fitted":
