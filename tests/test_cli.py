@@ -136,7 +136,10 @@ def test_interrupted_build_resumes_without_redoing_work(tmp_path, sig):
         make_scene(1000 + i, size=(320, 240)).save(folder / f"img_{i:03d}.jpg", quality=85)
     root = tmp_path / "index"
     cmd = [matchlens_exe(), "index", str(folder), "--index", str(root), "-q", "--max-side", "320"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and children inherit that; give the
+    # build a default SIGINT, as a terminal's Ctrl-C would find it, whatever ran this test.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300  # generous: a loaded machine starts torch slowly
     while _journal_count(root) < 20 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
