@@ -169,6 +169,7 @@ def info(
     """Show an index's pipeline, counts and state."""
     from matchlens.api import open_index
     from matchlens.errors import IndexError_
+    from matchlens.extract.extractor import runtime_name
     from matchlens.index import store
 
     idx = open_index(index_dir)
@@ -177,7 +178,7 @@ def info(
         "path": str(idx.root), "generation": idx.generation, "images": idx.size, "dba": idx.manifest.get("dba"),
         "skipped": len(idx.skipped()), "dim": idx.dim, "pipeline": idx.spec.describe(),
         "spec": idx.spec.to_dict(), "whitening": idx.manifest.get("whitening_state"),
-        "created": idx.manifest.get("created"), "runtime": _runtime(),
+        "created": idx.manifest.get("created"), "runtime": runtime_name(),
     }
     if skipped:
         summary["skipped_files"] = [{"path": e.path, "error": e.error} for e in idx.skipped()]
@@ -300,12 +301,6 @@ def demo(
     out.print(f"index: {result.index_dir}")
     out.print(f"results page: {result.html_path}")
     out.print(f"demo mAP: {100 * result.map:.1f}  (top-1 correct: {result.top1_correct}/{result.n_queries})")
-
-
-def _runtime() -> str:
-    import torch
-
-    return f"pytorch eager ({'cuda' if torch.cuda.is_available() else 'cpu'})"
 
 
 def _print_report(idx, report) -> None:

@@ -42,6 +42,16 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def default_device() -> str:
+    """``cuda`` where PyTorch sees a GPU, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def runtime_name(device: str | None = None) -> str:
+    """The inference runtime as ``matchlens info`` shows it, e.g. ``pytorch eager (cpu)``."""
+    return f"pytorch eager ({device or default_device()})"
+
+
 class Extractor:
     """Turns images into raw (unwhitened) L2-normalised descriptors for one pipeline spec."""
 
@@ -51,7 +61,7 @@ class Extractor:
 
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or default_device())
         self.backbone = load_backbone(spec.backbone, spec.weights).to(self.device)
         if spec.weights_id and spec.weights_id != self.backbone.weights_id:
             raise MatchlensError(
@@ -67,7 +77,7 @@ class Extractor:
     @property
     def runtime(self) -> str:
         """Where inference runs, e.g. ``pytorch eager (cpu)``."""
-        return f"pytorch eager ({self.device.type})"
+        return runtime_name(self.device.type)
 
     @property
     def dim(self) -> int:

@@ -179,7 +179,9 @@ class Index:
         scores, rows = self.search_vectors(vector[None, :], max(depth, chain_depth(chain)))
         shortlist = Shortlist(rows[0], scores[0])
         if chain:
-            query_input = QueryInput(vector=vector, image=image, sha256=_content_sha(query))
+            # Only local-feature rerankers use the hash (as a cache key): do not re-read the file otherwise.
+            sha = _content_sha(query) if image is not None else None
+            query_input = QueryInput(vector=vector, image=image, sha256=sha)
             shortlist = run_chain(chain, query_input, shortlist, IndexContext(self))
         return shortlist
 
