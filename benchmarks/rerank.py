@@ -31,7 +31,7 @@ from matchlens.rerank import QueryInput, Shortlist, chain_depth, parse_chain, ru
 CHAINS = [
     "", "aqe:k=2", "alpha_qe:k=10,alpha=3", "kr:k=100", "diffusion:k=1000",
     "diffusion:k=1000,knn=20,query_knn=5", "sv:k=100", "sv:k=100,alpha_qe:k=10",
-    "dba", "dba+alpha_qe:k=10,alpha=3",
+    "dba", "dba+alpha_qe:k=10,alpha=3", "dba+sv:k=100,alpha_qe:k=10,alpha=3",
 ]
 DBA = {"k": 3}
 

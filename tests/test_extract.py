@@ -116,3 +116,17 @@ def test_every_preset_builds_an_extractor_that_runs():
         vec = Extractor(spec).describe_image(image)
         assert vec.shape == (1280,) and np.isfinite(vec).all(), name
         assert np.linalg.norm(vec) == pytest.approx(1, abs=1e-5)
+
+
+
+def test_box_is_in_full_size_pixels_even_when_the_jpeg_is_decoded_smaller(tmp_path, extractor):
+    """A box drawn on a large photo crops the same region whatever size the JPEG is decoded at."""
+    big = make_scene(7, size=(1600, 1200))
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=95)
+    box = (800, 600, 1500, 1150)  # bottom-right quarter, in full-size pixels
+    expected = extractor.describe_image(Image.open(path).convert("RGB").crop(box))
+    boxed = extractor.describe(path, box)
+    whole = extractor.describe(path)
+    assert float(boxed @ expected) > 0.999
+    assert float(boxed @ whole) < float(boxed @ expected) - 1e-3

@@ -176,7 +176,7 @@ def test_identity_only_normalises():
 
 # --- registry and errors ------------------------------------------------------------------------
 def test_registry_names_match_the_pipeline_spec():
-    assert whitening_names() == ["none", "pcaw"] == sorted(WHITENING_NAMES)
+    assert whitening_names() == ["lw", "none", "pcaw"] == sorted(WHITENING_NAMES)
     assert isinstance(make_whitening("PCAW", dim=4), PCAWhitening)
     assert WHITENINGS.get("none") is IdentityWhitening
     assert make_whitening("pcaw", dim=4).output_dim == 4  # known before fitting when dim is set

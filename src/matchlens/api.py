@@ -19,7 +19,9 @@ from matchlens.index.index import BuildReport, Index, ProgressFactory, SearchRes
 from matchlens.io.collection import scan_many
 
 if TYPE_CHECKING:
+    from matchlens.classic.kinds import KindInfo
     from matchlens.evaluate.results import Evaluation
+    from matchlens.train import TrainConfig, TrainResult
 
 
 def build_index(
@@ -42,18 +44,31 @@ def build_index(
 def build_index_report(
     source, index_dir, spec: PipelineSpec | None = None, preset: str = "default",
     rebuild: bool = False, progress: ProgressFactory | None = None, dba: dict | None | str = "keep",
+    backend=None, dask: str | None = None,
 ) -> tuple[Index, BuildReport]:
     """Like :func:`build_index`, also returning what was computed, reused and skipped.
 
     ``dba``: database-side augmentation (``{"k": 3}`` or ``{"k": 3, "alpha": 3}``), None to turn
-    it off, ``"keep"`` (default) to keep the index's current setting.
+    it off, ``"keep"`` (default) to keep the index's current setting. ``backend``: a vector
+    backend (:func:`make_backend`, e.g. ``make_backend("faiss", "IVF1024,PQ64")`` or
+    ``make_backend("milvus", "HNSW:M=16", uri="vectors.db")``); None keeps the index's current one
+    (exact FAISS Flat for a new index). ``dask``: a Dask scheduler address whose workers extract.
     """
     from matchlens.index.index import KEEP
 
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     paths = scan_many([str(s) for s in sources])
     return Index.build(paths, index_dir, spec or spec_from_preset(preset), rebuild=rebuild, progress=progress,
-                       dba=KEEP if dba == "keep" else dba)
+                       dba=KEEP if dba == "keep" else dba, backend=KEEP if backend is None else backend, dask=dask)
+
+
+def make_backend(name: str | None = None, factory: str | None = None, uri: str | None = None, **params):
+    """A vector backend: ``faiss`` with a factory string (``Flat``, ``IVF1024,PQ64``, ``HNSW32``) or
+    ``milvus`` with an index type and a URI (a local ``.db`` path is Milvus Lite). Parameters:
+    ``train_size``, ``nprobe``, ``efSearch``/``ef``, ``refine`` (see :mod:`matchlens.index.backends`)."""
+    from matchlens.index.backends import make_backend as make
+
+    return make(name, factory, uri, **params)
 
 
 def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None, preset: str = "default") -> Index:
@@ -61,9 +76,13 @@ def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None,
     return Index.build([], Path(index_dir), spec or spec_from_preset(preset))[0]
 
 
-def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: str | None = None) -> list[SearchResult]:
+def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: str | None = None,
+           fuse: str | None = None) -> list[SearchResult]:
     """One-shot search: open ``index_dir`` and rank it against ``query`` (path, bytes, PIL image or
-    array), optionally re-ranked by a chain such as ``"sv:k=100,aqe:k=2"``."""
+    array), optionally re-ranked by a chain such as ``"sv:k=100,aqe:k=2"``. ``fuse``: rank by a
+    stored descriptor kind (``"asmk"``) or a late fusion of kinds (``"cnn+asmk:ghm"``)."""
+    if fuse:
+        return fused_searcher(open_index(index_dir), fuse).search(query, box=box, k=k, rerank=rerank)
     return open_index(index_dir).search(query, box=box, k=k, rerank=rerank)
 
 
@@ -78,6 +97,7 @@ def evaluate_dataset(
     report_dir: str | os.PathLike | None = None,
     progress: ProgressFactory | None = None,
     rerank: str | None = None,
+    fuse: str | None = None,
 ) -> list["Evaluation"]:
     """Evaluate retrieval on a dataset in its official layout (or gt.json).
 
@@ -86,6 +106,8 @@ def evaluate_dataset(
     ``spec``/``preset`` — into ``index_dir`` when given (kept for the next run), else into a
     temporary folder. ``protocols``: ``cropped`` (standard where queries have boxes), ``full``.
     ``rerank``: a re-ranking chain applied to every query, e.g. ``"sv:k=100,aqe:k=2"``.
+    ``fuse``: rank by a descriptor kind or a fusion (``"cnn+asmk:ghm"``); kinds the index lacks
+    are added with their default parameters first.
     """
     import tempfile
 
@@ -101,7 +123,8 @@ def evaluate_dataset(
             index = open_index(target)
         else:
             index = Index.build(dataset_paths(dataset), target, spec or spec_from_preset(preset), progress=progress)[0]
-        evaluations = [evaluate_index(index, dataset, p, progress=progress, rerank=rerank) for p in protocols]
+        ranker = fused_searcher(index, fuse, progress, add_missing=True) if fuse else index
+        evaluations = [evaluate_index(ranker, dataset, p, progress=progress, rerank=rerank) for p in protocols]
     if report_dir:
         from matchlens.evaluate.report import write_report
 
@@ -110,5 +133,74 @@ def evaluate_dataset(
     return evaluations
 
 
-__all__ = ["build_index", "build_index_report", "create_index", "evaluate_dataset", "open_index", "search", "Index",
-           "SearchResult"]
+def train(config: "TrainConfig", progress: ProgressFactory | None = None, log=None) -> "TrainResult":
+    """Fine-tune a backbone + GeM for retrieval (``matchlens train``); resumes an interrupted run in
+    ``config.out``. Returns the best checkpoint (loadable with ``--weights``), history and curve."""
+    from matchlens.train import train as run_training
+
+    return run_training(config, progress=progress, log=log)
+
+
+
+# --- indicative retrieval (matchlens.evidence) ---
+
+def train_verifier(source, out, config=None, settings=None, pairs: int = 400, label_free: bool | None = None,
+                   dataset_format: str | None = None, limit: int | None = None, device: str | None = None,
+                   progress: ProgressFactory | None = None):
+    """Train the indicative verifier on pairs from ``source`` — ground truth (gt.json or an official
+    layout) or, for any folder, label-free views — and save it to ``out``.
+    Returns ``(TrainResult, origin)``; see :mod:`matchlens.evidence`."""
+    from matchlens.evidence.workflows import train_from_source
+
+    return train_from_source(source, out, config, settings, pairs, label_free, dataset_format, limit, device, progress)
+
+
+def explain(index_dir, query, result, model, box=None, out=None):
+    """Score and explain ``result`` (file, row id or indexed name) for ``query`` with a verifier
+    checkpoint; returns an :class:`matchlens.evidence.Explanation` (PNG written to ``out`` if given)."""
+    from matchlens.evidence.workflows import explain_result
+
+    return explain_result(index_dir, query, result, model, box, out)
+
+
+__all__ = ["build_index", "build_index_report", "create_index", "evaluate_dataset", "explain", "make_backend", "open_index", "search", "train", "train_verifier",
+           "Index", "SearchResult"]
+
+
+# --- classic local-feature kinds and late fusion (matchlens.classic, matchlens.fusion) ---
+
+def encode(index_dir: str | os.PathLike, kind: str | None = None, name: str | None = None, params: dict | None = None,
+           retrain: bool = False, progress: ProgressFactory | None = None) -> list["KindInfo"]:
+    """Add a classic descriptor kind to an index — ``bow``, ``vlad``, ``densevlad`` or ``asmk``,
+    stored as ``name`` (default: the kind) with encoding ``params`` such as ``{"k": 16384}`` — or,
+    without ``kind``, bring every stored kind up to date with the index (only new images are
+    encoded). Returns the state of the kinds written."""
+    from matchlens.classic import encode_kind, kind_names, refresh_kind
+
+    index = open_index(index_dir)
+    if kind is None:
+        return [refresh_kind(index, n, progress) for n in kind_names(index)]
+    return [encode_kind(index, kind, name, params, retrain, progress)]
+
+
+def list_kinds(index_dir: str | os.PathLike) -> list["KindInfo"]:
+    """The classic descriptor kinds stored with an index (the CNN descriptor ``cnn`` is implicit)."""
+    from matchlens.classic import list_kinds as kinds
+
+    return kinds(open_index(index_dir))
+
+
+def fused_searcher(index: Index, fuse: str, progress: ProgressFactory | None = None, add_missing: bool = False):
+    """A searcher ranking ``index`` by ``fuse`` (a kind, or a fusion like ``"cnn+asmk:ghm"``; see
+    :mod:`matchlens.fusion.search`); with ``add_missing``, kinds the index lacks are encoded first."""
+    from matchlens.classic import encode_kind, kind_names
+    from matchlens.fusion import MultiKindSearcher, parse_fusion
+
+    spec = parse_fusion(fuse)
+    if add_missing:
+        for name in set(spec.kinds) - {"cnn", *kind_names(index)}:
+            encode_kind(index, name, progress=progress)
+    return MultiKindSearcher(index, spec, progress=progress)
+
+
+__all__ += ["encode", "fused_searcher", "list_kinds"]

@@ -19,7 +19,7 @@ from matchlens.errors import ConfigError
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 POOLING_NAMES = ("mac", "spoc", "gem", "rmac", "crow")
-WHITENING_NAMES = ("none", "pcaw")
+WHITENING_NAMES = ("none", "pcaw", "lw")  # lw: learned from pairs by `matchlens train`
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class PipelineSpec:
             raise ConfigError(
                 f"unknown whitening {self.whitening!r}; choose one of: {', '.join(WHITENING_NAMES)}"
             )
+        if self.whitening == "lw" and not self.weights:
+            raise ConfigError("whitening 'lw' needs --weights CHECKPOINT from 'matchlens train' (Lw is stored there)")
 
     # --- identity -------------------------------------------------------------------------
     def descriptor_fields(self) -> dict[str, Any]:

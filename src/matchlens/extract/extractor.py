@@ -1,4 +1,8 @@
-"""The descriptor pipeline: image → resized tensor(s) → backbone feature map → pooling → L2.
+"""The descriptor pipeline: image → resized array(s) → backbone feature map → pooling → L2.
+
+The backbone's forward pass runs on an inference :mod:`runtime <matchlens.extract.runtime>`
+(OpenVINO, ONNX Runtime or PyTorch); everything around it (resize, normalisation, pooling,
+multi-scale sum) is the same code for every runtime, so descriptors do not depend on it.
 
 Whitening is not applied here: it is learned per index and applied by the index, so raw
 descriptors can be cached and reused when only the whitening changes.
@@ -6,9 +10,10 @@ descriptors can be cached and reused when only the whitening changes.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -19,9 +24,12 @@ from PIL import Image
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import MatchlensError
+from matchlens.extract.runtime import Runtime, cpu_threads, open_runtime, runtime_name
 from matchlens.io.images import crop_to_box, load_image
 
 ImageInput = "str | os.PathLike | bytes | Image.Image | np.ndarray"
+
+__all__ = ["Described", "Extractor", "default_device", "l2_normalize", "runtime_name"]
 
 
 @dataclass
@@ -47,37 +55,46 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def runtime_name(device: str | None = None) -> str:
-    """The inference runtime as ``matchlens info`` shows it, e.g. ``pytorch eager (cpu)``."""
-    return f"pytorch eager ({device or default_device()})"
-
-
 class Extractor:
-    """Turns images into raw (unwhitened) L2-normalised descriptors for one pipeline spec."""
+    """Turns images into raw (unwhitened) L2-normalised descriptors for one pipeline spec.
 
-    def __init__(self, spec: PipelineSpec, threads: int | None = None, device: str | None = None) -> None:
+    ``runtime`` is ``auto`` (default), ``openvino``, ``onnxruntime`` or ``pytorch`` (see
+    :mod:`matchlens.extract.runtime`); ``device`` applies to PyTorch (``cpu`` keeps ``auto`` on
+    the CPU runtimes even where a GPU exists); ``cache_dir`` is where the ONNX export is cached
+    (default: the user cache).
+    """
+
+    def __init__(self, spec: PipelineSpec, threads: int | None = None, device: str | None = None,
+                 runtime: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
         from matchlens.models import load_backbone
         from matchlens.pooling import make_pooling
 
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device or default_device())
-        self.backbone = load_backbone(spec.backbone, spec.weights).to(self.device)
+        self.backbone = load_backbone(spec.backbone, spec.weights)
         if spec.weights_id and spec.weights_id != self.backbone.weights_id:
             raise MatchlensError(
                 f"the weights of backbone {spec.backbone} changed (index: {spec.weights_id}, "
                 f"now: {self.backbone.weights_id}); rebuild the index or restore the weights file"
             )
         self.spec = spec.replace(weights_id=self.backbone.weights_id)
+        self._runtime: Runtime = open_runtime(self.backbone, runtime, threads or cpu_threads(), device, cache_dir)
+        self.device = self._runtime.device
         self.pooling = make_pooling(spec.pooling, **spec.pooling_params).to(self.device)
-        self._mean = torch.tensor(self.backbone.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.backbone.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+        mean = np.asarray(self.backbone.mean, dtype=np.float32)
+        std = np.asarray(self.backbone.std, dtype=np.float32)
+        # (x / 255 - mean) / std as one multiply-add per pixel
+        self._scale, self._offset = 1.0 / (255.0 * std), -mean / std
 
     @property
     def runtime(self) -> str:
-        """Where inference runs, e.g. ``pytorch eager (cpu)``."""
-        return runtime_name(self.device.type)
+        """Where inference runs, e.g. ``openvino 2026.4.1 (cpu, f32, 2 threads)``."""
+        return self._runtime.describe()
+
+    @property
+    def runtime_kind(self) -> str:
+        """The runtime's name: ``openvino``, ``onnxruntime`` or ``pytorch``."""
+        return self._runtime.name
 
     @property
     def dim(self) -> int:
@@ -86,30 +103,38 @@ class Extractor:
 
     # --- single images -------------------------------------------------------------------
     def load(self, source, box: Sequence[float] | None = None) -> Image.Image:
-        """Decode (safely, upright, RGB) and optionally crop to a query box."""
-        image = load_image(source, max_side=self._decode_side())
-        return crop_to_box(image, box) if box is not None else image
+        """Decode (safely, upright, RGB) and optionally crop to a query box.
+
+        A box is in the pixels of the full-size upright image, so a boxed query is decoded at full
+        size (no JPEG draft shrinking, which would move the box) and cropped before resizing.
+        """
+        if box is None:
+            return load_image(source, max_side=self._decode_side())
+        return crop_to_box(load_image(source), box)
 
     def describe(self, source, box: Sequence[float] | None = None) -> np.ndarray:
         """Raw descriptor (d,) of an image given as path, bytes, PIL image or array."""
         return self.describe_image(self.load(source, box))
 
-    def describe_image(self, image: Image.Image) -> np.ndarray:
-        """Raw descriptor of an already decoded RGB image: multi-scale sum, L2-normalised."""
+    def describe_image(self, image: Image.Image, parallel: bool = False) -> np.ndarray:
+        """Raw descriptor of an already decoded RGB image: multi-scale sum, L2-normalised.
+
+        ``parallel`` says several threads describe images at once (throughput, not latency).
+        """
         total = np.zeros(self.dim, dtype=np.float64)
         for scale in self.spec.scales:
-            tensor = self._to_tensor(image, round(self.spec.max_side * scale))
-            total += l2_normalize(self._pool(tensor))[0]
+            fmap = self._runtime.forward(self._to_array(image, self._side(scale)), parallel)
+            with torch.inference_mode():
+                pooled = self.pooling(fmap).float().cpu().numpy()
+            total += l2_normalize(pooled)[0]
         return l2_normalize(total)
 
     def feature_map(self, image: Image.Image, scale: float = 1.0) -> torch.Tensor:
         """The backbone's feature map (1, C, h, w), on the CPU, of an image at one scale (benchmarks, evidence)."""
-        with self._lock, torch.inference_mode():
-            return self.backbone(self._to_tensor(image, round(self.spec.max_side * scale))).cpu()
+        return self._runtime.forward(self._to_array(image, self._side(scale))).cpu()
 
-    def _pool(self, tensor: torch.Tensor) -> np.ndarray:
-        with self._lock, torch.inference_mode():
-            return self.pooling(self.backbone(tensor)).float().cpu().numpy()
+    def _side(self, scale: float) -> int:
+        return round(self.spec.max_side * scale)
 
     def _decode_side(self) -> int:
         # JPEG draft decoding may shrink huge files by 1/2..1/8 in the DCT; asking for twice the
@@ -117,51 +142,63 @@ class Extractor:
         # as pixels describe (almost) identically.
         return 2 * round(self.spec.max_side * max(self.spec.scales))
 
-    def _to_tensor(self, image: Image.Image, side: int) -> torch.Tensor:
-        """Resize so the longest side is ``side`` (aspect kept; no padding, no distortion), normalise."""
+    def _to_array(self, image: Image.Image, side: int) -> np.ndarray:
+        """Resize so the longest side is ``side`` (aspect kept; no padding, no distortion); normalise
+        into a (1, 3, h, w) float32 array."""
         w, h = image.size
         ratio = side / max(w, h)
         size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
         if size != image.size:
             image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).to(self.device)
-        return (tensor - self._mean) / self._std
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels * self._scale + self._offset
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
 
     # --- many files ----------------------------------------------------------------------
     def describe_files(
         self,
         paths: Iterable[str],
-        workers: int = 2,
+        workers: int | None = None,
         on_done: Callable[[Described], None] | None = None,
     ) -> Iterator[Described]:
-        """Describe files in order; decoding runs ahead in threads while the network runs.
+        """Describe files in order. ``workers`` threads (default: the runtime's parallelism + 1)
+        each read, decode and describe one file at a time, so decoding overlaps inference and a
+        multi-stream runtime gets one image per stream.
 
         Unreadable files yield an item with ``error`` set instead of raising, so one bad file
         never stops a collection.
         """
-        paths = list(paths)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending = [pool.submit(self._read_decode, p) for p in paths[: workers * 2]]
-            next_index = len(pending)
-            for position in range(len(paths)):
-                item, image = pending[position].result()
-                pending[position] = None  # free the decoded image early
-                if next_index < len(paths):
-                    pending.append(pool.submit(self._read_decode, paths[next_index]))
-                    next_index += 1
-                if image is not None:
-                    try:
-                        item.vector = self.describe_image(image)
-                    except MatchlensError as exc:
-                        item.error = str(exc)
+        workers = max(1, workers or self._runtime.parallelism + 1)
+        parallel = workers > 1
+        todo = iter(paths)
+        pending: deque[Future] = deque()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="matchlens-extract")
+        try:
+            for path in todo:  # keep a short queue ahead so no worker waits for the next file
+                pending.append(pool.submit(self._describe_file, path, parallel))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                item = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(self._describe_file, following, parallel))
                 if on_done:
                     on_done(item)
                 yield item
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _describe_file(self, path: str, parallel: bool) -> Described:
+        item, image = self._read_decode(path)
+        if image is not None:
+            try:
+                item.vector = self.describe_image(image, parallel)
+            except MatchlensError as exc:
+                item.error = str(exc)
+        return item
 
     def _read_decode(self, path: str) -> tuple[Described, Image.Image | None]:
-        import hashlib
-
         item = Described(path=path, sha256="", size=0, mtime=0.0, vector=None, error=None)
         try:
             stat = os.stat(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -27,6 +28,7 @@ VECTORS = "vectors.npy"
 WHITENING = "whitening.npz"
 META = "meta.sqlite"
 KEEP = object()  # a writer argument meaning "leave this setting as the current generation has it"
+DBA_EXACT_MAX = 100_000  # beyond, an approximate backend also finds the neighbours of augmentation
 
 
 class Interrupted(MatchlensError):
@@ -61,6 +63,7 @@ class BuildReport:
     seconds: float = 0.0
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     whitening: str = "none"
+    backend: str = ""  # e.g. "faiss IVF1024,PQ64: incremental (+10 -0)"
 
 
 ProgressFactory = Callable[[int, str], Callable[[int], None]]
@@ -88,6 +91,8 @@ class Index:
             raise IndexError_(f"index '{root}' is corrupt: {len(indexed)} images but {self._vectors.shape[0]} vectors")
         self._row_entry = {e.row: e for e in indexed}
         self._faiss = None
+        self._backend = None  # the vector backend of the manifest (backends/), loaded on first use
+        self._searcher = None
         self._extractor = None
         self._whitening = None
         self._query_vectors: dict[tuple, np.ndarray] = {}
@@ -125,6 +130,23 @@ class Index:
         """Metadata of the image stored at vector row ``row``."""
         return self._row_entry[row]
 
+    @property
+    def backend(self):
+        """The generation's vector backend (:mod:`matchlens.index.backends`); exact FAISS Flat by default.
+
+        Search-time parameters can be changed on it: ``index.backend.configure(nprobe=64)``."""
+        if self._backend is None:
+            from matchlens.index.backends import backend_from_dict
+
+            self._backend = backend_from_dict(self.manifest.get("backend"))
+        return self._backend
+
+    @property
+    def approximate(self) -> bool:
+        """True when searches go through an approximate (trained) backend index."""
+        state = (self.manifest.get("backend") or {}).get("state", {})
+        return not self.backend.exact and state.get("state") == "trained"
+
     # --- query side --------------------------------------------------------------------------
     @property
     def extractor(self):
@@ -155,9 +177,9 @@ class Index:
         if self.manifest.get("whitening_state") != "fitted":
             return raw.astype(np.float32)
         if self._whitening is None:
-            from matchlens.whitening import PCAWhitening
+            from matchlens.whitening import load_whitening
 
-            self._whitening = PCAWhitening.load(self._gen.path / WHITENING)
+            self._whitening = load_whitening(self._gen.path / WHITENING)  # pcaw or lw, by the kind stored
         return self._whitening.transform(raw)
 
     def search(self, query, box: Sequence[float] | None = None, k: int = 20, spec: PipelineSpec | None = None,
@@ -177,7 +199,8 @@ class Index:
         chain = parse_chain(rerank) if isinstance(rerank, str) else list(rerank or [])
         image, vector = self.encode_query(query, box, keep_image=any(r.needs_image for r in chain))
         scores, rows = self.search_vectors(vector[None, :], max(depth, chain_depth(chain)))
-        shortlist = Shortlist(rows[0], scores[0])
+        found = rows[0] >= 0  # an approximate backend may find fewer than asked
+        shortlist = Shortlist(rows[0][found], scores[0][found])
         if chain:
             # Only local-feature rerankers use the hash (as a cache key): do not re-read the file otherwise.
             sha = _content_sha(query) if image is not None else None
@@ -213,7 +236,10 @@ class Index:
         ]
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batched exact inner-product search: (scores, rows), each (n, min(k, size))."""
+        """Batched inner-product search: (scores, rows), each (n, min(k, size)), best first.
+
+        Exact (FAISS ``IndexFlatIP``) unless the index has a trained approximate backend; that one
+        may return fewer than k results, padded with row -1 (score -inf)."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise IndexError_(f"query vectors have width {vectors.shape[-1]} but index '{self.root}' has {self.dim}")
         if k < 1:
@@ -221,7 +247,21 @@ class Index:
         k = min(k, self.size)
         if k == 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
-        return self._faiss_index().search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.approximate:
+            return self._backend_searcher().search(queries, k)
+        return self._faiss_index().search(queries, k)
+
+    def _backend_searcher(self):
+        if self._searcher is None:
+            from matchlens.index.backends import Searcher
+
+            indexed = [e for e in self.entries if e.row is not None]
+            id_to_row = np.full(max((e.id for e in indexed), default=-1) + 1, -1, dtype=np.int64)
+            id_to_row[[e.id for e in indexed]] = [e.row for e in indexed]
+            candidates = self.backend.open(self.root, self._gen.path, self.manifest["backend"]["state"])
+            self._searcher = Searcher(self.backend, candidates, id_to_row, self._vectors)
+        return self._searcher
 
     def _faiss_index(self):
         if self._faiss is None:
@@ -242,16 +282,21 @@ class Index:
         rebuild: bool = False,
         progress: ProgressFactory | None = None,
         dba: Any = KEEP,
+        backend: Any = KEEP,
+        dask: str | None = None,
     ) -> tuple["Index", BuildReport]:
         """Index exactly ``paths`` into ``root`` (reusing unchanged descriptors, resuming a crashed build).
 
         ``dba``: database-side augmentation parameters (``{"k": 3}``, optionally ``"alpha"``), None
-        to turn it off, or leave out to keep the current setting.
+        to turn it off, or leave out to keep the current setting. ``backend``: a
+        :class:`~matchlens.index.backends.VectorBackend` (``make_backend("faiss", "IVF1024,PQ64")``),
+        None for exact Flat, or leave out to keep the current one. ``dask``: the address of a Dask
+        scheduler whose workers extract the descriptors (see :mod:`matchlens.extract.distributed`).
         """
         root = Path(root)
         with store.writer_lock(root):
             current = _open_if_exists(root)
-            builder = _Builder(root, spec, current, rebuild, progress, dba=dba)
+            builder = _Builder(root, spec, current, rebuild, progress, dba=dba, backend=backend, dask=dask)
             return builder.run(paths, keep=[])
 
     def set_dba(self, params: dict | None) -> tuple["Index", BuildReport]:
@@ -262,14 +307,17 @@ class Index:
             builder = _Builder(self.root, current.spec, current, False, None, refit=False, dba=params)
             return builder.run([], keep=list(current.entries))
 
-    def add(self, sources: Sequence[str], progress: ProgressFactory | None = None) -> tuple["Index", BuildReport]:
-        """Add (or refresh) files, folders or list files; existing images stay; returns the new generation."""
+    def add(self, sources: Sequence[str], progress: ProgressFactory | None = None,
+            dask: str | None = None) -> tuple["Index", BuildReport]:
+        """Add (or refresh) files, folders or list files; existing images stay; returns the new generation.
+
+        A trained backend index (IVF, HNSW, Milvus) is extended with the new vectors, not retrained."""
         from matchlens.io.collection import scan_many
 
         paths = scan_many(list(sources))
         with store.writer_lock(self.root):
             current = Index(self.root)
-            builder = _Builder(self.root, current.spec, current, False, progress, refit=False)
+            builder = _Builder(self.root, current.spec, current, False, progress, refit=False, dask=dask)
             new = set(paths)
             return builder.run(paths, keep=[e for e in current.entries if e.path not in new])
 
@@ -301,6 +349,11 @@ class IndexContext:
     @property
     def generation(self) -> str:
         return self.index.generation
+
+    @property
+    def approximate(self) -> bool:
+        """True when :meth:`search` is approximate (a trained IVF/HNSW/Milvus backend)."""
+        return self.index.approximate
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search_vectors(vectors, k)
@@ -360,7 +413,7 @@ def _open_if_exists(root: Path) -> Index | None:
     """The current index of ``root``; None for a new folder or a first build that never committed."""
     if not root.exists() or store.is_index_dir(root):
         return Index(root) if root.exists() else None
-    own = {".lock", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"}
+    own = {".lock", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm", "milvus.db", "milvus-pending"}
     foreign = [p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(store.TMP_PREFIX)]
     if foreign:
         raise IndexError_(f"'{root}' exists and is not a matchlens index; choose an empty or new folder")
@@ -379,8 +432,11 @@ class _Builder:
     """One write: gather descriptors (cache → journal → extraction), fit whitening, publish."""
 
     def __init__(self, root: Path, spec: PipelineSpec, current: Index | None, rebuild: bool,
-                 progress: ProgressFactory | None, refit: bool = True, dba: Any = KEEP) -> None:
+                 progress: ProgressFactory | None, refit: bool = True, dba: Any = KEEP, backend: Any = KEEP,
+                 dask: str | None = None) -> None:
         self.root, self.current, self.progress, self.refit = root, current, progress, refit
+        self.rebuild, self.dask = rebuild, dask
+        self.backend = _chosen_backend(backend, current)
         # Database-side augmentation: kept from the current generation unless given (None = off).
         self.dba = (current.manifest.get("dba") if current else None) if dba is KEEP else _checked_dba(dba)
         self._extractor = None
@@ -391,6 +447,7 @@ class _Builder:
         if not self.spec.weights_id:
             self.extractor  # resolves the weights id, needed by every fingerprint below
         self._cache = self._current_descriptors() if current is not None else {}
+        self.backend.check_dim(self._searchable_dim())
 
     @property
     def extractor(self):
@@ -466,7 +523,7 @@ class _Builder:
     def _extract(self, todo: list[str], journal: Journal, done: dict, report: BuildReport) -> None:
         advance = self.progress(len(todo), "extracting") if self.progress else None
         try:
-            for item in self.extractor.describe_files(todo):
+            for item in self._describe(todo):
                 journal.record(item.path, item.sha256, item.size, item.mtime, item.vector, item.error)
                 done[item.path] = (_entry(item.path, item.sha256, item.size, item.mtime, item.error), item.vector)
                 report.computed += 1
@@ -478,6 +535,14 @@ class _Builder:
                 f"interrupted after {report.computed} of {len(todo)} new images; they are saved — "
                 "run the same command again to resume (the previous index is intact)"
             ) from None
+
+    def _describe(self, todo: list[str]):
+        """Descriptors of ``todo``: here, or on the workers of a Dask cluster (any order)."""
+        if self.dask:
+            from matchlens.extract.distributed import describe_files_dask
+
+            return describe_files_dask(todo, self.spec, self.dask)
+        return self.extractor.describe_files(todo)
 
     def _assign_ids(self, items: list[tuple[Entry, np.ndarray | None]]) -> list[tuple[Entry, np.ndarray | None]]:
         old_ids = {e.path: e.id for e in self.current.entries} if self.current else {}
@@ -505,8 +570,10 @@ class _Builder:
             if self.dba and len(vectors) > 1:
                 from matchlens.rerank.dba import dba_vectors
 
-                vectors = dba_vectors(vectors, **self.dba)
+                with self._dba_search(vectors, tmp) as search:
+                    vectors = dba_vectors(vectors, **self.dba, search=search)
             write_generation(tmp, raw, vectors, [e for e, _ in entries])
+            backend_entry = self._write_backend(tmp, vectors, entries, report)
             manifest = {
                 "spec": self.spec.to_dict(),
                 "spec_fingerprint": self.spec.fingerprint(),
@@ -515,10 +582,12 @@ class _Builder:
                 "raw_dim": int(raw.shape[1]),
                 "whitening_state": state,
                 "dba": self.dba or None,
+                "backend": backend_entry,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "matchlens_version": __version__,
             }
             store.commit_generation(self.root, tmp, manifest)
+            self._after_commit(backend_entry["state"])
         except OSError as exc:
             import shutil
 
@@ -532,6 +601,86 @@ class _Builder:
             raise
         return Index(self.root)
 
+    @contextlib.contextmanager
+    def _dba_search(self, vectors: np.ndarray, tmp: Path):
+        """Neighbours for database-side augmentation: exact (None) up to DBA_EXACT_MAX vectors or
+        with an exact backend; beyond, a temporary index of the FAISS backend's own factory over
+        the vectors before augmentation (exact kNN of a million vectors would take hours)."""
+        from matchlens.index.backends import Searcher, WriteJob
+        from matchlens.index.backends.faiss_backend import FaissBackend
+
+        if self.backend.exact or len(vectors) <= DBA_EXACT_MAX or not isinstance(self.backend, FaissBackend):
+            yield None
+            return
+        folder = tmp / ".dba-neighbours"
+        folder.mkdir()
+        try:
+            rows = np.arange(len(vectors))
+            state = self.backend.write(WriteJob(root=self.root, tmp=folder, vectors=vectors, ids=rows,
+                                                progress=self.progress))
+            searcher = Searcher(self.backend, self.backend.open(self.root, folder, state), rows, vectors)
+            yield _complete_search(searcher.search, vectors)
+        finally:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_backend(self, tmp: Path, vectors: np.ndarray, entries: list, report: BuildReport) -> dict:
+        """Write the backend's index of the new generation (only the changes where possible)."""
+        from matchlens.index.backends import WriteJob, backend_from_dict
+
+        indexed = [e for e, v in entries if v is not None]
+        ids = np.array([e.id for e in indexed], dtype=np.int64)
+        job = WriteJob(root=self.root, tmp=tmp, vectors=vectors, ids=ids, progress=self.progress)
+        previous = self.current.manifest.get("backend") if self.current is not None else None
+        if previous and not self.rebuild and backend_from_dict(previous).build_key() == self.backend.build_key():
+            job.previous_dir, job.previous_state = self.current._gen.path, previous.get("state")
+            job.delta = self._delta(indexed, vectors)
+        state = self.backend.write(job)
+        mode = state.get("mode", state.get("state", ""))
+        if mode == "incremental":
+            mode += f" (+{state.get('added', 0)} -{state.get('removed', 0)})"
+        report.backend = f"{self.backend.describe()}: {mode}"
+        return {**self.backend.to_dict(), "state": state}
+
+    def _delta(self, indexed: list[Entry], vectors: np.ndarray):
+        """What changed since the current generation, or None when every vector must be rewritten
+        (database-side augmentation moves every vector; a refitted whitening too — checked on a
+        sample of the unchanged images)."""
+        from matchlens.index.backends import Delta
+
+        if self.dba or self.current.manifest.get("dba"):
+            return None
+        # Read afresh: _assign_ids renumbers the rows of the kept Entry objects in place.
+        before = {e.id: e for e in metadata.read_entries(self.current._gen.path / META) if e.row is not None}
+        same = [(e.row, before[e.id].row) for e in indexed
+                if e.id in before and e.sha256 and before[e.id].sha256 == e.sha256]
+        if same:
+            picks = np.unique(np.linspace(0, len(same) - 1, min(64, len(same))).astype(int))
+            new_rows = [same[i][0] for i in picks]
+            old_rows = [same[i][1] for i in picks]
+            if not np.array_equal(np.asarray(vectors[new_rows]), np.asarray(self.current.vectors()[old_rows])):
+                return None
+        kept = {e.id for e in indexed if e.id in before and e.sha256 and before[e.id].sha256 == e.sha256}
+        add_rows = np.array([e.row for e in indexed if e.id not in kept], dtype=np.int64)
+        remove_ids = np.array(sorted(i for i in before if i not in kept), dtype=np.int64)
+        return Delta(add_rows=add_rows, remove_ids=remove_ids)
+
+    def _after_commit(self, state: dict) -> None:
+        try:
+            self.backend.after_commit(self.root, state)
+        except Exception:  # cleanup of old Milvus collections is best-effort; the next write retries
+            pass
+
+    def _searchable_dim(self) -> int:
+        """Width the backend will index: the whitening's output dim when it sets one, else raw."""
+        dim = (self.spec.whitening_params or {}).get("dim") if self.spec.whitening != "none" else None
+        if dim:
+            return int(dim)
+        if self.current is not None:
+            return self.current.dim
+        return self.extractor.dim
+
     def _raw_dim(self) -> int:
         return int(self.current.manifest["raw_dim"]) if self.current else self.extractor.dim
 
@@ -539,6 +688,12 @@ class _Builder:
         """Fit (or reuse) the whitening and return (state, searchable vectors)."""
         if self.spec.whitening == "none":
             return "none", raw
+        if self.spec.whitening == "lw":  # learned from pairs by `matchlens train`, stored in the checkpoint
+            from matchlens.whitening.learned import lw_from_checkpoint
+
+            model = lw_from_checkpoint(self.spec.weights, self.spec.whitening_params.get("dim"))
+            model.save(tmp / WHITENING)
+            return "fitted", model.transform(raw)
         from matchlens.whitening import PCAWhitening
 
         cur = self.current
@@ -569,6 +724,32 @@ class _Builder:
         if not vectors:
             raise SourceError(f"no readable image in whitening folder '{self.spec.whitening_source}'")
         return np.stack(vectors)
+
+
+def _complete_search(search, vectors: np.ndarray):
+    """``search`` with rows it could not fill (-1, rare) completed by exact search of those queries."""
+    def complete(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = search(queries, k)
+        for i in np.nonzero((rows < 0).any(axis=1))[0]:
+            sims = np.asarray(vectors @ queries[i], dtype=np.float32)  # one brute-force pass, streamed
+            top = np.argsort(-sims, kind="stable")[:k]
+            scores[i], rows[i] = sims[top], top
+        return scores, rows
+
+    return complete
+
+
+def _chosen_backend(choice: Any, current: Index | None):
+    """The backend a write uses: the given one, the current generation's (KEEP), or exact Flat (None)."""
+    from matchlens.index.backends import VectorBackend, backend_from_dict
+
+    if choice is KEEP:
+        return backend_from_dict(current.manifest.get("backend") if current is not None else None)
+    if choice is None:
+        return backend_from_dict(None)
+    if not isinstance(choice, VectorBackend):
+        raise TypeError(f"backend must be a VectorBackend, None or KEEP, not {type(choice).__name__}")
+    return choice
 
 
 def write_generation(tmp: Path, raw: np.ndarray, vectors: np.ndarray, entries: list[Entry]) -> None:

@@ -214,6 +214,21 @@ def load_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> B
     return backbone.eval()
 
 
+def backbone_state_dict(backbone: Backbone) -> StateDict:
+    """The backbone's tensors in the layout its builder loads back (``load_backbone(name, file)``):
+    timm names for timm/embedded models, torchvision names for VGG and ResNet trunks."""
+    body = backbone.body
+    if isinstance(body, _TimmFeatures):
+        return dict(body.model.state_dict())
+    if isinstance(body, _VGGFeatures):
+        return dict(body.state_dict())
+    if isinstance(body, nn.Sequential) and backbone.name in _TORCHVISION:
+        # _resnet_trunk keeps conv1, bn1, relu, maxpool, layer1..4 as children 0..7.
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return {f"{names[int(k.split('.', 1)[0])]}.{k.split('.', 1)[1]}": v for k, v in body.state_dict().items()}
+    raise ConfigError(f"cannot save backbone {backbone.name!r}: unknown layout {type(body).__name__}")
+
+
 def backbone_names() -> list[str]:
     """Registered backbone names (embedded + torchvision); timm names are accepted as well."""
     return BACKBONES.names()

@@ -223,3 +223,29 @@ def _first_line(exc: BaseException) -> str:
     """``Type: first line of the message``, short enough for a one-line error."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+# --- matchlens training checkpoints -----------------------------------------------------------
+# ``matchlens train`` writes {"state_dict": <backbone tensors in the layout its builder loads>,
+# "matchlens": {"kind": MATCHLENS_KIND, "spec": <pipeline spec dict>, "lw": {...} | None, ...}};
+# the backbone builders only read "state_dict", so the file loads with --weights like any other.
+MATCHLENS_KIND = "matchlens-checkpoint"
+_SPEC_FIELDS = ("backbone", "max_side", "scales", "pooling", "pooling_params", "whitening",
+                "whitening_params")
+
+
+def read_matchlens_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``matchlens`` metadata of a checkpoint written by ``matchlens train``, else None."""
+    obj = read_checkpoint(check_weights_path(path))
+    meta = obj.get("matchlens") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping) or meta.get("kind") != MATCHLENS_KIND:
+        return None
+    return dict(meta)
+
+
+def checkpoint_spec_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Pipeline-spec fields a training checkpoint was trained and validated with ({} for other files):
+    a fine-tuned network is only right with its own input size and pooling (e.g. its learned GeM p)."""
+    meta = read_matchlens_meta(path) or {}
+    spec = meta.get("spec") if isinstance(meta.get("spec"), Mapping) else {}
+    return {key: spec[key] for key in _SPEC_FIELDS if key in spec}

@@ -8,6 +8,7 @@ from matchlens.rerank.base import (RERANKERS, QueryInput, Reranker, RerankContex
 from matchlens.rerank import spatial  # noqa: F401  (registers)
 from matchlens.rerank import qe, kreciprocal  # noqa: F401  (registers)
 from matchlens.rerank import diffusion  # noqa: F401  (registers)
+from matchlens.rerank import indicative  # noqa: F401  (registers; torch loaded only when used)
 
 __all__ = ["RERANKERS", "QueryInput", "RerankContext", "Reranker", "Shortlist", "chain_depth", "describe_chain",
            "parse_chain", "run_chain"]

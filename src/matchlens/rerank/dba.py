@@ -45,8 +45,13 @@ def validate_dba_params(params: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, batch: int = 4096) -> np.ndarray:
-    """The (N, d) float32 DBA-augmented, L2-normalised copy of ``vectors`` (see the module docstring)."""
+def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, batch: int = 4096,
+                search=None) -> np.ndarray:
+    """The (N, d) float32 DBA-augmented, L2-normalised copy of ``vectors`` (see the module docstring).
+
+    ``search``: ``(queries, k) -> (scores, rows)`` over ``vectors`` returning k valid rows per
+    query (an approximate index at scale, where exact neighbours of every row cost O(N²·d));
+    default: exact FAISS ``IndexFlatIP``."""
     validate_dba_params({"k": k, "alpha": alpha})
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"dba: batch must be an integer >= 1, got {batch!r}")
@@ -56,12 +61,14 @@ def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, bat
     out = np.empty_like(x)
     if len(x) == 0:
         return out
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    if search is None:
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        search = index.search
     depth = min(k + 1, len(x))  # fewer rows than k + 1: every row is a neighbour
     for start in range(0, len(x), batch):
         own = np.arange(start, min(start + batch, len(x)))
-        _, found = index.search(x[own], depth)
+        _, found = search(x[own], depth)
         neighbours = x[_self_first(found, own)]  # (b, depth, d)
         weights = _weights(x[own], neighbours, k, alpha)
         out[own] = _l2_rows(np.einsum("bi,bid->bd", weights, neighbours))

@@ -38,33 +38,40 @@ __all__ = ["Diffusion", "build_knn_graph", "diffuse", "graph_for", "induced_subg
 
 # --- offline graph ------------------------------------------------------------------------------
 
-def build_knn_graph(vectors: np.ndarray, k: int = 50, gamma: float = 3.0, batch: int = 4096) -> sp.csr_matrix:
+def build_knn_graph(vectors: np.ndarray, k: int = 50, gamma: float = 3.0, batch: int = 4096,
+                    search=None) -> sp.csr_matrix:
     """The symmetric mutual kNN affinity graph of ``vectors`` (N, d) as an (N, N) float32 CSR matrix.
 
     Neighbours are found by exact inner product (FAISS ``IndexFlatIP``) in batches of ``batch``
     queries; the diagonal is empty; ``W[i, j] = max(x_iᵀx_j, 0)^gamma`` when i and j are in each
     other's ``k`` nearest neighbours, else no entry. ``k`` is capped at N - 1. Memory O(N·(k + d)).
+    ``search``: an index's own ``(queries, k) -> (scores, rows)`` (an approximate backend at
+    scale, where exact kNN of every vector would cost O(N²·d)); rows -1 (not found) are dropped.
     """
-    import faiss  # deferred: only graph builds need it
-
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    x = vectors if search is not None else np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
     kk = min(int(k), n - 1)
     if kk < 1:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
+    if search is None:
+        import faiss  # deferred: only graph builds need it
+
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+        search = index.search
     heads = np.empty(n * kk, dtype=np.int64)
     tails = np.empty(n * kk, dtype=np.int64)
     weights = np.empty(n * kk, dtype=np.float32)
     for start in range(0, n, batch):
-        sims, ids = index.search(x[start:start + batch], kk + 1)  # +1: the vector itself
+        queries = np.ascontiguousarray(x[start:start + batch], dtype=np.float32)
+        sims, ids = search(queries, kk + 1)  # +1: the vector itself
         keep = _without_self(ids, start)
         span = slice(start * kk, (start + len(ids)) * kk)
         heads[span] = np.repeat(np.arange(start, start + len(ids)), kk)
         tails[span] = ids[keep]
-        weights[span] = _affinity(sims[keep], gamma)
-    directed = sp.csr_matrix((weights, (heads, tails)), shape=(n, n))
+        weights[span] = np.where(ids[keep] >= 0, _affinity(sims[keep], gamma), 0)
+    found = tails >= 0
+    directed = sp.csr_matrix((weights[found], (heads[found], tails[found])), shape=(n, n))
     del heads, tails, weights
     # Weights are non-negative and missing entries are 0, so the elementwise minimum keeps exactly
     # the mutual edges; it also makes W exactly symmetric although a_ij and a_ji were computed in
@@ -119,8 +126,11 @@ def graph_for(ctx: RerankContext, k: int, gamma: float) -> sp.csr_matrix:
     """
     vectors = ctx.vectors
     folder = ctx.cache_dir("diffusion")
+    # An approximate index (IVF-PQ, HNSW, Milvus) finds the neighbours itself: exact kNN of every
+    # vector is O(N²·d), hours at a million images.
+    search = ctx.search if getattr(ctx, "approximate", False) else None
     if folder is None:
-        return build_knn_graph(vectors, k, gamma)
+        return build_knn_graph(vectors, k, gamma, search=search)
     path = Path(folder) / f"{ctx.generation}-k{k}-g{float(gamma)}.npz"
     n = len(vectors)
     if path.exists():
@@ -130,7 +140,7 @@ def graph_for(ctx: RerankContext, k: int, gamma: float) -> sp.csr_matrix:
                 return graph
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache is only a cache: rebuild it below
-    graph = build_knn_graph(vectors, k, gamma)
+    graph = build_knn_graph(vectors, k, gamma, search=search)
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         save_graph(path, graph)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key"]
+__all__ = ["FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key", "rootsift_from_sift"]
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,8 @@ def _assemble(keypoints: list[cv2.KeyPoint], descriptors: np.ndarray, factor: fl
     response = np.array([kp.response for kp in keypoints], np.float32)
     # OpenCV keeps every keypoint tied with the n-th strongest, so it can return more than asked.
     keep = np.argsort(-response, kind="stable")[:max_keypoints]
-    sift = descriptors[keep].astype(np.float32)
-    l1 = sift.sum(axis=1)
-    keep, sift, l1 = keep[l1 > 0], sift[l1 > 0], l1[l1 > 0]  # an all-zero SIFT has no RootSIFT
-    rootsift = np.sqrt(sift / l1[:, None]).astype(np.float32)
+    valid, rootsift = rootsift_from_sift(descriptors[keep])
+    keep = keep[valid]
     points = np.array([keypoints[i].pt for i in keep], np.float32).reshape(-1, 2)
     # Scale pixel centres, not corners, back: centre c at factor f came from (c + 0.5) / f - 0.5.
     xy = (points + 0.5) / factor - 0.5
@@ -100,19 +98,37 @@ def _assemble(keypoints: list[cv2.KeyPoint], descriptors: np.ndarray, factor: fl
     return LocalFeatures(xy.astype(np.float32), scale, angle, rootsift, size)
 
 
+def rootsift_from_sift(sift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept, RootSIFT of those rows): L1-normalise then square-root each SIFT row.
+
+    An all-zero SIFT (a flat patch) has no RootSIFT and is dropped; every returned row has unit
+    L2 norm.
+    """
+    sift = np.asarray(sift, np.float32)
+    l1 = sift.sum(axis=1)
+    valid = l1 > 0
+    return valid, np.sqrt(sift[valid] / l1[valid, None]).astype(np.float32)
+
+
 class FeatureCache:
     """Local features on disk, one ``<folder>/<sha[:2]>/<sha>-<key>.npz`` file per image and key.
 
     Descriptors are stored as float16 (RootSIFT values lie in [0, 1]; the rounding, about 1e-3
     relative, does not change which neighbour is nearest in practice) and come back as float32;
-    keypoints are stored as float32. Writes go to a temporary file in the same folder that is then
+    keypoints are stored as float32. ``descriptor_dtype="uint8"`` halves the size again (128 bytes
+    per descriptor: each value rounded to a multiple of 1/255, rows re-normalised on reading),
+    which is what the classic encodings store for whole collections. A reader accepts both
+    kinds of file whatever its own setting. Writes go to a temporary file in the same folder that is then
     renamed over the target, so a reader sees either a whole file or none, even with several
     processes writing the same entry. An unreadable or malformed file counts as a miss.
     ``hits`` and ``misses`` count :meth:`get` outcomes (for tests and statistics).
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, descriptor_dtype: str = "float16") -> None:
+        if descriptor_dtype not in _STORED_DTYPES:
+            raise ValueError(f"descriptor_dtype must be one of {', '.join(_STORED_DTYPES)}, got {descriptor_dtype!r}")
         self.folder = Path(folder)
+        self.descriptor_dtype = descriptor_dtype
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()  # the counters may be bumped from several threads
@@ -144,7 +160,7 @@ class FeatureCache:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, xy=features.xy.astype(np.float32), scale=features.scale.astype(np.float32),
                          angle=features.angle.astype(np.float32),
-                         descriptors=features.descriptors.astype(np.float16),
+                         descriptors=_STORED_DTYPES[self.descriptor_dtype](features.descriptors),
                          size=np.asarray(features.size, np.int64))
             os.replace(temporary, target)
             return True
@@ -158,7 +174,7 @@ class FeatureCache:
         """Load and check one cache file; None if it is missing or not a valid entry."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                xy, descriptors = data["xy"].astype(np.float32), data["descriptors"].astype(np.float32)
+                xy, descriptors = data["xy"].astype(np.float32), _stored_to_float(data["descriptors"])
                 scale, angle = data["scale"].astype(np.float32), data["angle"].astype(np.float32)
                 size = tuple(int(v) for v in data["size"])
         except FileNotFoundError:
@@ -172,6 +188,23 @@ class FeatureCache:
             log.warning("ignoring malformed local-feature cache file %s", path)
             return None
         return LocalFeatures(xy, scale, angle, descriptors, (size[0], size[1]))
+
+
+def _to_uint8(descriptors: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(descriptors, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+# How each storage type encodes a (n, 128) float32 RootSIFT array.
+_STORED_DTYPES = {"float16": lambda d: np.asarray(d).astype(np.float16), "uint8": _to_uint8}
+
+
+def _stored_to_float(stored: np.ndarray) -> np.ndarray:
+    """Descriptors as float32 from either storage type (uint8 rows re-normalised to unit L2)."""
+    if stored.dtype != np.uint8:
+        return stored.astype(np.float32)
+    values = stored.astype(np.float32)
+    norms = np.linalg.norm(values, axis=1, keepdims=True) if values.ndim == 2 else 1.0
+    return values / np.maximum(norms, 1e-12)
 
 
 def _remove_quietly(path: str) -> None:

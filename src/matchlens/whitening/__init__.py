@@ -1,4 +1,4 @@
-"""Post-processing of descriptors learned from a set of vectors: PCA whitening, or none.
+"""Post-processing of descriptors: PCA whitening, learned whitening (Lw, from pairs), or none.
 
 Every whitening has the same interface: ``fit(X)`` / ``transform(X)`` / ``fit_transform(X)``
 on ``(n, d)`` arrays, ``output_dim``, ``params()``, ``save(path)`` and ``load(path)``.
@@ -14,14 +14,16 @@ from typing import Any
 from matchlens.errors import ConfigError, WeightsError
 from matchlens.registry import Registry
 
+from .learned import LearnedWhitening
 from .pca import IdentityWhitening, PCAWhitening, l2_normalize, read_npz
 
-__all__ = ["WHITENINGS", "IdentityWhitening", "PCAWhitening", "l2_normalize", "load_whitening",
+__all__ = ["WHITENINGS", "IdentityWhitening", "LearnedWhitening", "PCAWhitening", "l2_normalize", "load_whitening",
            "make_whitening", "whitening_names"]
 
 WHITENINGS: Registry[type] = Registry("whitening")
 WHITENINGS.register(IdentityWhitening.name)(IdentityWhitening)
 WHITENINGS.register(PCAWhitening.name)(PCAWhitening)
+WHITENINGS.register(LearnedWhitening.name)(LearnedWhitening)  # fitted from pairs (fit_pairs), not fit()
 
 
 def make_whitening(name: str, **params: Any) -> PCAWhitening | IdentityWhitening:

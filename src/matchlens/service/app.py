@@ -1,0 +1,332 @@
+"""The HTTP API and the web page of ``matchlens serve`` (FastAPI).
+
+Endpoints: ``POST /search``, ``POST /explain``, ``GET /images/{id}``, ``GET /thumbnails/{id}``,
+``GET /index``, ``GET /health``; with the API token, ``POST /images`` and ``DELETE /images/{id}``.
+``/`` is the search page (static files shipped in this package), ``/docs`` the OpenAPI docs, all
+served from this process: nothing is fetched from the internet.
+
+Every error is a JSON ``{"detail": "one line"}`` with a fitting status: 400 bad input, 401/403
+token, 404 unknown id, 409 index busy, 413 too large, 415 not an image, 422 malformed form.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from matchlens import __version__
+from matchlens.errors import (BoxError, ConfigError, ImageLoadError, IndexError_, MatchlensError, SourceError)
+from matchlens.io.images import load_image, parse_box
+from matchlens.service import media
+from matchlens.rerank.local_features import FeatureCache, feature_key
+from matchlens.rerank.spatial import CACHE_KIND
+from matchlens.service.explain import MAX_KEYPOINTS, MAX_SIDE, explain_pair
+from matchlens.service.live import LiveIndex, NotFound, Snapshot
+from matchlens.service.query import evidence_query, timed_search
+from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, BodyLimit, DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited,
+                                       safe_name, write_inside)
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 1000
+# The page may load only what this server serves (a CDN reference would be refused, and seen).
+PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
+_STATUS = {BoxError: 400, ConfigError: 400, SourceError: 400, ImageLoadError: 400, IndexError_: 409}
+
+
+class WriteForbidden(MatchlensError):
+    """A write endpoint called without a valid token (401 no token, 403 wrong token or writes disabled)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server options (``matchlens serve`` flags)."""
+
+    token: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_parallel: int = 4  # queries decoded and searched at once; more wait (bounds memory: 4 x max_pixels x 3 bytes)
+
+
+# --- response models (they make /docs and /openapi.json precise) ---------------------------------
+class Result(BaseModel):
+    rank: int
+    score: float
+    id: int = Field(description="Stable image id (metadata id), for /images, /thumbnails, /explain.")
+    name: str
+    path: str
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[Result]
+    timings_ms: dict[str, float] = Field(description="decode, extract, search, rerank and total, in ms.")
+    box: list[float] | None = Field(description="The query box as used, pixels of the upright query.")
+    query_size: list[int] = Field(description="Decoded query (width, height); large JPEGs decode at 1/2..1/8.")
+    k: int
+    rerank: str | None
+    generation: str
+    index_size: int
+
+
+class IndexInfo(BaseModel):
+    generation: str
+    images: int
+    skipped: int
+    dim: int
+    pipeline: str
+    spec: dict[str, Any]
+    whitening: str | None
+    dba: dict[str, Any] | None
+    rerankers: list[str]
+    writable: bool
+    limits: dict[str, int]
+    version: str
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+    generation: str
+
+
+class Added(BaseModel):
+    id: int
+    name: str
+    path: str
+
+
+class AddResponse(BaseModel):
+    added: list[Added]
+    skipped: list[str]
+    index_size: int
+    generation: str
+
+
+class RemoveResponse(BaseModel):
+    removed: int
+    index_size: int
+    generation: str
+
+
+# --- the app -----------------------------------------------------------------------------------
+def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+    """The FastAPI app serving the index at ``index_dir`` (opened and warmed now: one-line
+    IndexError_ if it is missing). Without ``token`` the write endpoints are disabled."""
+    live = LiveIndex(index_dir)
+    settings = Settings(token or None, max_upload_bytes, max_pixels)
+    app = _new_app(max_upload_bytes)
+    app.state.live, app.state.settings = live, settings
+    _install_errors(app)
+    _install_page(app)
+    _install_read_routes(app, live, settings)
+    _install_write_routes(app, live, settings)
+    return app
+
+
+def _new_app(max_upload_bytes: int) -> FastAPI:
+    from fastapi_offline import FastAPIOffline  # Swagger UI and ReDoc assets shipped in a wheel: no CDN
+
+    app = FastAPIOffline(title="matchlens", version=__version__,
+                         description="Instance-level image retrieval with evidence. Write endpoints need "
+                                     "`Authorization: Bearer <token>`.")
+    # The body limit covers a whole multipart request: one image at the limit plus its form fields.
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + 64 * 1024)
+    return app
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(MatchlensError)
+    async def matchlens_error(request: Request, exc: MatchlensError) -> JSONResponse:
+        status = getattr(exc, "http_status", None) or next(
+            (code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_middleware(NoSniffing)
+
+
+class NoSniffing:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff`` on every response, so browsers never
+    guess a type either (an uploaded file is only ever served with the type sniffed here)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def send_with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header if scope["type"] == "http" else send)
+
+
+def _install_page(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"),
+                            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+
+def _result(entry_id: int, rank: int, score: float, path: str) -> Result:
+    return Result(rank=rank, score=score, id=entry_id, name=Path(path).name, path=path,
+                  image_url=f"/images/{entry_id}", thumbnail_url=f"/thumbnails/{entry_id}")
+
+
+def _query_upload(upload: UploadFile, settings: Settings) -> tuple[bytes, Any]:
+    data = read_limited(upload, settings.max_upload_bytes)
+    return data, probe_image(data, settings.max_pixels, upload.filename or "upload")
+
+
+def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> None:
+    gate = threading.BoundedSemaphore(settings.max_parallel)
+    @app.get("/health", response_model=Health, tags=["index"])
+    def health() -> Health:
+        """Liveness: the server answers and has an index."""
+        index = live.snapshot().index
+        return Health(status="ok", images=index.size, generation=index.generation)
+
+    @app.get("/index", response_model=IndexInfo, tags=["index"])
+    def index_info() -> IndexInfo:
+        """The index's pipeline spec, counts and what this server allows."""
+        from matchlens.rerank import RERANKERS
+
+        index = live.snapshot().index
+        return IndexInfo(
+            generation=index.generation, images=index.size, skipped=len(index.skipped()), dim=index.dim,
+            pipeline=index.spec.describe(), spec=index.spec.to_dict(), whitening=index.manifest.get("whitening_state"),
+            dba=index.manifest.get("dba"), rerankers=RERANKERS.names(), writable=settings.token is not None,
+            limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, "max_k": MAX_K},
+            version=__version__)
+
+    @app.post("/search", response_model=SearchResponse, tags=["search"])
+    def search(
+        image: Annotated[UploadFile, File(description="Query image (any format Pillow reads; sniffed, not trusted).")],
+        box: Annotated[str | None, Form(description="x0,y0,x1,y1 in pixels of the upright query image.")] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K, description="Number of results.")] = 20,
+        rerank: Annotated[str | None, Form(description="Re-ranking chain, e.g. sv:k=50,aqe:k=2.")] = None,
+    ) -> SearchResponse:
+        """Rank the indexed images against an uploaded query, optionally inside a box."""
+        snap = live.snapshot()
+        parsed = parse_box(box) if box and box.strip() else None
+        data, probe = _query_upload(image, settings)
+        with gate:
+            found = timed_search(snap.index, data, probe, parsed, k, rerank.strip() if rerank else None)
+        return SearchResponse(
+            results=[_result(h.id, h.rank, h.score, h.path) for h in found.hits], timings_ms=found.timings_ms,
+            box=list(parsed) if parsed else None, query_size=list(found.query_size), k=k, rerank=found.rerank,
+            generation=snap.index.generation, index_size=snap.index.size)
+
+    @app.post("/explain", tags=["search"], response_class=Response,
+              responses={200: {"content": {"image/png": {}}, "description": "Side-by-side evidence overlay."}})
+    def explain(
+        image: Annotated[UploadFile, File(description="The query image of the search.")],
+        id: Annotated[int, Form(description="Id of a result.")],
+        box: Annotated[str | None, Form(description="The query box of the search, if any.")] = None,
+    ) -> Response:
+        """Evidence (PNG): query and result side by side, matched regions and inlier matches drawn.
+        Headers ``X-Matchlens-Inliers`` and ``X-Matchlens-Tentative`` carry the counts."""
+        snap = live.snapshot()
+        entry = snap.entry(id)
+        parsed = parse_box(box) if box and box.strip() else None
+        data, probe = _query_upload(image, settings)
+        with gate:
+            query, scaled_box = evidence_query(data, probe, parsed, MAX_SIDE, settings.max_pixels)
+            target = _load_target(entry, settings)
+            result = explain_pair(query, target, scaled_box, _cached_features(snap, entry),
+                                  title=f"query | #{entry.id} {Path(entry.path).name}")
+        headers = {"X-Matchlens-Inliers": str(int(result.evidence.score)),
+                   "X-Matchlens-Tentative": str(result.evidence.tentative), "Cache-Control": "no-store"}
+        return Response(result.png, media_type="image/png", headers=headers)
+
+    @app.get("/images/{image_id}", tags=["images"], response_class=Response,
+             responses={200: {"content": {"image/*": {}}}, 404: {"description": "No indexed image has this id."}})
+    def get_image(image_id: int) -> Response:
+        """The indexed image (its file, or a JPEG when browsers cannot show its format)."""
+        entry = live.snapshot().entry(image_id)
+        headers = {"ETag": f'"{entry.sha256}"', "Cache-Control": "private, max-age=60"}
+        kind = media.browser_type(entry)
+        if kind is not None:
+            return FileResponse(entry.path, media_type=kind, headers=headers)
+        return Response(media.reencoded(entry, max_pixels=settings.max_pixels), media_type="image/jpeg", headers=headers)
+
+    @app.get("/thumbnails/{image_id}", tags=["images"], response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No indexed image has this id."}})
+    def get_thumbnail(image_id: int) -> Response:
+        """A JPEG thumbnail (longest side 256 px) of an indexed image."""
+        entry = live.snapshot().entry(image_id)
+        return Response(media.thumbnail(entry, settings.max_pixels), media_type="image/jpeg",
+                        headers={"ETag": f'"{entry.sha256}"', "Cache-Control": "private, max-age=60"})
+
+
+def _load_target(entry, settings: Settings):
+    try:
+        return load_image(entry.path, max_side=MAX_SIDE, max_pixels=settings.max_pixels)
+    except ImageLoadError as exc:
+        raise NotFound(f"image {entry.id} cannot be read: {exc}") from None
+
+
+def _cached_features(snap: Snapshot, entry):
+    """The result's RootSIFT from the sv reranker's cache, when a search with sv stored them."""
+    folder = snap.index.root / "cache" / CACHE_KIND
+    if not folder.is_dir():
+        return None
+    return FeatureCache(folder).get(entry.sha256, feature_key(MAX_KEYPOINTS, MAX_SIDE))
+
+
+bearer = HTTPBearer(auto_error=False, description="The server's API token (--token or MATCHLENS_TOKEN).")
+
+
+def _install_write_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> None:
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if settings.token is None:
+            raise WriteForbidden("write endpoints are disabled: start the server with --token or MATCHLENS_TOKEN", 403)
+        if credentials is None:
+            raise WriteForbidden("this endpoint needs the API token: send 'Authorization: Bearer <token>'", 401)
+        if not secrets.compare_digest(credentials.credentials.encode(), settings.token.encode()):
+            raise WriteForbidden("wrong API token", 403)
+
+    @app.post("/images", response_model=AddResponse, tags=["images"], dependencies=[Depends(require_token)])
+    def add_images(
+        files: Annotated[list[UploadFile], File(description="Images to add (stored under the index's uploads/).")],
+    ) -> AddResponse:
+        """Add images to the index (a new generation; searches go on meanwhile). Needs the token."""
+        stored = []
+        checked = [(upload, *_query_upload(upload, settings)) for upload in files]  # all valid before any write
+        for upload, data, probe in checked:
+            name = safe_name(upload.filename, probe.format, data)
+            stored.append(str(write_inside(live.uploads, name, data)))
+        snap, _ = live.add(stored)
+        by_path = {e.path: e for e in snap.index.entries}
+        added = [Added(id=by_path[p].id, name=Path(p).name, path=p) for p in stored if by_path[p].status == "indexed"]
+        skipped = [f"{Path(p).name}: {by_path[p].error}" for p in stored if by_path[p].status != "indexed"]
+        return AddResponse(added=added, skipped=skipped, index_size=snap.index.size, generation=snap.index.generation)
+
+    @app.delete("/images/{image_id}", response_model=RemoveResponse, tags=["images"],
+                dependencies=[Depends(require_token)])
+    def remove_image(image_id: int) -> RemoveResponse:
+        """Remove an image from the index (a file stored by POST /images is deleted too). Needs the token."""
+        snap, entry = live.remove(image_id)
+        return RemoveResponse(removed=entry.id, index_size=snap.index.size, generation=snap.index.generation)

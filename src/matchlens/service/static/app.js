@@ -1,0 +1,235 @@
+// matchlens search page: plain JavaScript, no framework, nothing loaded from outside this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_CANVAS = { width: 560, height: 420 };
+
+const state = {
+  file: null,      // the query File, sent as is to /search and /explain
+  bitmap: null,    // decoded query (EXIF orientation applied, as the server's loader does)
+  scale: 1,        // canvas pixels per image pixel
+  box: null,       // [x0, y0, x1, y1] in image pixels, or null for the whole image
+  drag: null,      // box corner where the pointer went down, while drawing
+  selected: null,  // the result card shown in the evidence panel
+};
+
+// ---- the query image --------------------------------------------------------------------
+async function useFile(file) {
+  if (!file) return;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+  } catch (err) {
+    showStatus(`this browser cannot show ${file.name || "the file"}; it is still sent to the server`, false);
+    bitmap = null;
+  }
+  state.file = file;
+  state.bitmap = bitmap;
+  state.box = null;
+  $("box").value = "";
+  $("search").disabled = false;
+  $("canvas-wrap").hidden = bitmap === null;
+  if (bitmap) {
+    const canvas = $("canvas");
+    state.scale = Math.min(1, MAX_CANVAS.width / bitmap.width, MAX_CANVAS.height / bitmap.height);
+    canvas.width = Math.round(bitmap.width * state.scale);
+    canvas.height = Math.round(bitmap.height * state.scale);
+    draw();
+    showStatus(`query: ${file.name || "pasted image"} (${bitmap.width}×${bitmap.height})`);
+  }
+}
+
+function draw() {
+  const canvas = $("canvas");
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(state.bitmap, 0, 0, canvas.width, canvas.height);
+  if (!state.box) return;
+  const [x0, y0, x1, y1] = state.box.map((v) => v * state.scale);
+  ctx.save();
+  ctx.fillStyle = "rgba(0, 0, 0, 0.45)"; // dim what the box leaves out
+  ctx.beginPath();
+  ctx.rect(0, 0, canvas.width, canvas.height);
+  ctx.rect(x0, y0, x1 - x0, y1 - y0);
+  ctx.fill("evenodd");
+  ctx.strokeStyle = "#ffd600";
+  ctx.lineWidth = 2;
+  ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  ctx.restore();
+}
+
+function imagePoint(event) {
+  // Pointer position in image pixels, clamped to the image.
+  const canvas = $("canvas");
+  const rect = canvas.getBoundingClientRect();
+  const cx = ((event.clientX - rect.left) * canvas.width) / rect.width;
+  const cy = ((event.clientY - rect.top) * canvas.height) / rect.height;
+  const clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  return [clamp(cx / state.scale, state.bitmap.width), clamp(cy / state.scale, state.bitmap.height)];
+}
+
+function setBox(a, b) {
+  const box = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map(Math.round);
+  const big = box[2] - box[0] >= 4 && box[3] - box[1] >= 4; // a click is not a box
+  state.box = big ? box : null;
+  $("box").value = big ? box.join(",") : "";
+  draw();
+}
+
+function bindCanvas() {
+  const canvas = $("canvas");
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!state.bitmap) return;
+    canvas.setPointerCapture(e.pointerId);
+    state.drag = imagePoint(e);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (state.drag) setBox(state.drag, imagePoint(e));
+  });
+  const finish = (e) => {
+    if (!state.drag) return;
+    setBox(state.drag, imagePoint(e));
+    state.drag = null;
+  };
+  canvas.addEventListener("pointerup", finish);
+  canvas.addEventListener("pointercancel", finish);
+}
+
+function bindInputs() {
+  $("file").addEventListener("change", (e) => useFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    useFile(e.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (e) => {
+    const item = [...(e.clipboardData?.items || [])].find((i) => i.type.startsWith("image/"));
+    if (item) useFile(item.getAsFile());
+  });
+  $("clear-box").addEventListener("click", () => { state.box = null; $("box").value = ""; if (state.bitmap) draw(); });
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+}
+
+// ---- talking to the API -------------------------------------------------------------------
+function queryForm() {
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "query");
+  if (state.box) form.append("box", state.box.join(","));
+  return form;
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    const detail = body.detail;
+    if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    return String(detail);
+  } catch (err) {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+async function search() {
+  if (!state.file) return;
+  const form = queryForm();
+  form.append("k", $("k").value || "12");
+  const rerank = $("rerank").value.trim();
+  if (rerank) form.append("rerank", rerank);
+  $("search").disabled = true;
+  showStatus("searching…");
+  try {
+    const response = await fetch("/search", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    showResults(body, rerank);
+  } catch (err) {
+    showStatus(err.message, true);
+  } finally {
+    $("search").disabled = false;
+  }
+}
+
+function showResults(body, rerank) {
+  const list = $("results");
+  list.replaceChildren();
+  $("evidence-panel").hidden = true;
+  for (const r of body.results) {
+    const card = document.createElement("li");
+    card.className = "card";
+    card.tabIndex = 0;
+    card.dataset.id = r.id;
+    card.dataset.name = r.name;
+    const img = document.createElement("img");
+    img.src = r.thumbnail_url;
+    img.alt = r.name;
+    img.loading = "lazy";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const name = document.createElement("div");
+    name.className = "name";
+    name.textContent = `${r.rank}. ${r.name}`;
+    name.title = r.path;
+    const score = document.createElement("div");
+    score.className = "score muted";
+    score.textContent = `score ${r.score.toFixed(4)}`;
+    meta.append(name, score);
+    card.append(img, meta);
+    card.addEventListener("click", () => explain(card, r));
+    card.addEventListener("keydown", (e) => { if (e.key === "Enter") explain(card, r); });
+    list.append(card);
+  }
+  const t = body.timings_ms;
+  showStatus(`${body.results.length} results from ${body.index_size} images` +
+             (body.box ? ` (box ${body.box.map(Math.round).join(",")})` : "") + (rerank ? `, re-ranked by ${rerank}` : ""));
+  $("timings").textContent = `decode ${t.decode.toFixed(1)} ms · extract ${t.extract.toFixed(1)} ms · ` +
+    `search ${t.search.toFixed(1)} ms · rerank ${t.rerank.toFixed(1)} ms · total ${t.total.toFixed(1)} ms`;
+}
+
+async function explain(card, result) {
+  if (state.selected) state.selected.classList.remove("selected");
+  state.selected = card;
+  card.classList.add("selected");
+  const form = queryForm();
+  form.append("id", String(result.id));
+  const panel = $("evidence-panel");
+  const img = $("evidence");
+  panel.hidden = false;
+  $("evidence-caption").textContent = `computing for ${result.name}…`;
+  $("evidence-full").href = result.image_url;
+  try {
+    const response = await fetch("/explain", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorText(response));
+    const inliers = response.headers.get("X-Matchlens-Inliers");
+    const blob = await response.blob();
+    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+    img.dataset.inliers = inliers;
+    img.src = URL.createObjectURL(blob);
+    $("evidence-caption").textContent = `#${result.rank} ${result.name}: ${inliers} matching points`;
+    panel.scrollIntoView({ behavior: "smooth", block: "nearest" });
+  } catch (err) {
+    $("evidence-caption").textContent = err.message;
+  }
+}
+
+function showStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+async function showIndexInfo() {
+  try {
+    const response = await fetch("/index");
+    if (!response.ok) throw new Error(await errorText(response));
+    const info = await response.json();
+    $("index-info").textContent = `${info.images} images · ${info.pipeline}`;
+  } catch (err) {
+    $("index-info").textContent = `index unavailable: ${err.message}`;
+  }
+}
+
+bindInputs();
+bindCanvas();
+showIndexInfo();

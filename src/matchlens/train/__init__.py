@@ -1,0 +1,13 @@
+"""Fine-tuning for retrieval (``matchlens train``): tuple datasets, positives with or without labels,
+hard-negative mining, contrastive/triplet/NT-Xent losses, the trainer, learned whitening Lw.
+
+See :mod:`matchlens.train.trainer` for the run layout and defaults (P3, LITERATURE.md "Fine-tuning").
+"""
+
+from matchlens.train.losses import contrastive_loss, nt_xent_loss, triplet_loss, tuple_loss
+from matchlens.train.mining import mine_negatives
+from matchlens.train.positives import TrainingSet
+from matchlens.train.trainer import POSITIVE_SOURCES, TrainConfig, TrainResult, TrainingInterrupted, train
+
+__all__ = ["POSITIVE_SOURCES", "TrainConfig", "TrainResult", "TrainingInterrupted", "TrainingSet",
+           "contrastive_loss", "mine_negatives", "nt_xent_loss", "train", "triplet_loss", "tuple_loss"]

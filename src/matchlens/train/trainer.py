@@ -1,0 +1,531 @@
+"""The training loop of ``matchlens train``: tuples, re-mined hard negatives, loss, checkpoints.
+
+Defaults follow P3 (LITERATURE.md "Fine-tuning"): tuples of 1 query, 1 positive and 5 negatives;
+negatives re-mined from the current model 3 times per epoch, at most one per group; contrastive
+loss with margin 0.7 (triplet: 0.1); SGD lr 1e-3, momentum 0.9, weight decay 5e-4 (Adam: lr 1e-6
+as cirtorch); lr decayed by exp(-0.01) per epoch; 5 tuples per optimizer step; BatchNorm frozen.
+
+Output folder ``OUT``:
+
+* ``last.pt`` - model, optimizer, scheduler, RNG state, epoch/step and history, written
+  atomically every epoch (and every ``save_every`` optimizer steps): a run interrupted (Ctrl-C,
+  crash, power) resumes from it when the same command is run again;
+* ``best.pt`` - the weights with the best validation mAP (epoch 0 = before training), with the
+  pipeline spec and the learned whitening Lw: ``matchlens index DIR --weights OUT/best.pt``;
+* ``trainset.json`` - the tuples' source (images, positives, groups), so a resumed run trains on
+  the same pairs even when they were mined without labels;
+* ``history.json`` and ``curve.png`` - loss and validation mAP per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from matchlens.config import DEFAULT_BACKBONE, PipelineSpec
+from matchlens.errors import ConfigError, MatchlensError, SourceError
+from matchlens.models.weights import MATCHLENS_KIND
+from matchlens.train.losses import LOSSES, nt_xent_loss, tuple_loss
+from matchlens.train.mining import mine_negatives
+from matchlens.train.model import BN_MODES, ImageStore, RetrievalNet, describe, reestimate_batchnorm, set_batchnorm_mode
+from matchlens.train.positives import TrainingSet
+from matchlens.train.validation import ValidationSet
+
+__all__ = ["POSITIVE_SOURCES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train"]
+
+POSITIVE_SOURCES = ("gt", "folders", "sv", "manifold", "selfsup")
+CHECKPOINT_FORMAT = 1
+LAST, BEST, TRAINSET, HISTORY, CURVE = "last.pt", "best.pt", "trainset.json", "history.json", "curve.png"
+# Fields that must not change when a run is resumed (the others, e.g. epochs, may be raised).
+_FIXED_ON_RESUME = ("data", "positives", "backbone", "weights", "max_side", "loss", "negatives", "tuples",
+                    "batch", "optimizer", "seed", "train_groups", "holdout_groups")
+
+ProgressFactory = Callable[[int, str], Callable[[int], None]]
+
+
+class TrainingInterrupted(MatchlensError):
+    """Training stopped by the user; the last checkpoint is kept and the same command resumes."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in its checkpoints)."""
+
+    data: str
+    out: str
+    positives: str = "gt"
+    dataset_format: str | None = None
+    train_groups: list[str] | None = None
+    val_groups: list[str] | None = None
+    holdout_groups: list[str] = field(default_factory=list)
+    val_data: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    max_side: int = 320
+    loss: str = "contrastive"
+    margin: float | None = None
+    negatives: int = 5
+    tuples: int = 50
+    batch: int = 5
+    epochs: int = 3
+    remine: int = 3
+    pool_size: int = 2000
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    bn: str = "frozen"
+    gem_p: float = 3.0
+    learn_p: bool = True
+    lw: bool = True
+    lw_dim: int | None = None
+    save_every: int = 0
+    seed: int = 0
+    knn: int = 5
+    min_inliers: int = 20
+    anchors: int = 100
+    crop: int = 128
+    temperature: float = 0.1
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.positives not in POSITIVE_SOURCES:
+            raise ConfigError(f"unknown positives source {self.positives!r}; choose one of: {', '.join(POSITIVE_SOURCES)}")
+        LOSSES.get(self.loss)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if self.bn not in BN_MODES:
+            raise ConfigError(f"unknown BatchNorm mode {self.bn!r}; choose one of: {', '.join(BN_MODES)}")
+        for name in ("negatives", "tuples", "batch", "epochs", "remine", "pool_size", "knn", "anchors"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 32 <= self.max_side <= 4096:
+            raise ConfigError(f"max_side must be from 32 to 4096, got {self.max_side}")
+        if self.positives == "selfsup" and self.batch < 2:
+            raise ConfigError("self-supervised training needs --batch of at least 2 images")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.optimizer == "sgd" else 1e-6)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_map: float | None
+    resumed_from: tuple[int, int] | None
+    lw_map: float | None
+    curve: Path | None
+    notes: list[str]
+
+
+def train(config: TrainConfig, progress: ProgressFactory | None = None, log: Callable[[str], None] | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Run (or resume) a training run; see the module docstring for what it writes.
+
+    ``on_step(epoch, step)`` is called after every optimizer step (``step`` counts tuples done in
+    the epoch); raising KeyboardInterrupt from it behaves like Ctrl-C.
+    """
+    return _Trainer(config, progress, log or (lambda text: None), on_step).run()
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, progress, log, on_step) -> None:
+        from matchlens.models import load_backbone
+
+        self.config, self.progress, self.log, self.on_step = config, progress, log, on_step
+        self.out = Path(config.out).expanduser()
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        if config.threads:
+            from threadpoolctl import threadpool_limits
+
+            # On a busy CPU one thread can be much faster than two (torch and BLAS spin-wait).
+            torch.set_num_threads(config.threads)
+            threadpool_limits(config.threads)
+        backbone = load_backbone(config.backbone, config.weights)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = RetrievalNet(backbone, config.gem_p, config.learn_p).to(self.device)
+        self.store = ImageStore(config.max_side)
+        self.optimizer = _optimizer(self.model, config)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-0.01))
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_map": None, "best_epoch": 0}
+        self.resumed_from = self._resume() if (self.out / LAST).exists() else None
+        self.dataset = _maybe_dataset(config.data, config.dataset_format)
+        self.trainset = self._trainset()
+        self.valset = self._valset()
+        self._negatives: dict[int, list[int]] = {}
+
+    # --- run -------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.config
+        if not self.state["history"]:
+            self._finish_epoch(0, None, 0.0)  # epoch 0: the model before fine-tuning
+        for epoch in range(self.state["epoch"], cfg.epochs):
+            start = time.monotonic()
+            losses = self._train_epoch(epoch)
+            self.scheduler.step()
+            if cfg.bn == "reestimate":
+                reestimate_batchnorm(self.model, self.store, self._bn_paths(epoch))
+            self._finish_epoch(epoch + 1, float(np.mean(losses)) if losses else None, time.monotonic() - start)
+        lw_map = self._learn_whitening() if cfg.lw and self.trainset is not None else None
+        curve = self._plot()
+        return TrainResult(self.out / BEST, self.out / LAST, self.state["history"], self.state["best_epoch"],
+                           self.state["best_map"], self.resumed_from, lw_map, curve,
+                           self.trainset.notes if self.trainset else [])
+
+    def _train_epoch(self, epoch: int) -> list[float]:
+        cfg = self.config
+        first = self.state["step"] if self.state["epoch"] == epoch else 0
+        items = self._epoch_items(epoch)
+        advance = self.progress(len(items) - first, f"epoch {epoch + 1}/{cfg.epochs}") if self.progress else None
+        set_batchnorm_mode(self.model, cfg.bn)
+        losses: list[float] = []
+        done = first
+        self.optimizer.zero_grad()
+        try:
+            for start in range(first, len(items), cfg.batch):
+                batch = items[start:start + cfg.batch]
+                losses.append(self._batch_loss(epoch, start, batch))
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                done = start + len(batch)
+                if advance:
+                    advance(len(batch))
+                self._after_step(epoch, done, len(items))
+        except KeyboardInterrupt:
+            self.optimizer.zero_grad()
+            self._save_last(epoch, done)
+            raise TrainingInterrupted(f"interrupted in epoch {epoch + 1} after {done} of {len(items)} "
+                                      f"{'images' if cfg.positives == 'selfsup' else 'tuples'}; "
+                                      f"run the same command again to resume from {self.out / LAST}") from None
+        return losses
+
+    def _after_step(self, epoch: int, done: int, total: int) -> None:
+        cfg = self.config
+        steps = math.ceil(done / cfg.batch)
+        if cfg.save_every and steps % cfg.save_every == 0 and done < total:
+            self._save_last(epoch, done)
+        if self.on_step:
+            self.on_step(epoch, done)
+
+    def _batch_loss(self, epoch: int, start: int, batch: list) -> float:
+        """Forward/backward one optimizer step's worth of tuples (or images); returns the mean loss."""
+        cfg = self.config
+        if cfg.positives == "selfsup":
+            return self._selfsup_loss(epoch, start, batch)
+        total = 0.0
+        for offset, (q, p) in enumerate(batch):
+            negatives = self._negatives_for(epoch, start + offset, q)
+            ids = [q, p, *negatives]
+            descriptors = torch.cat([self.model(self.store.tensor(self.trainset.images[i]).unsqueeze(0)) for i in ids])
+            loss = tuple_loss(cfg.loss, descriptors, cfg.margin)
+            (loss / len(batch)).backward()  # gradients accumulate over the batch's tuples
+            total += float(loss.detach())
+        return total / len(batch)
+
+    # --- tuples and mining ---------------------------------------------------------------------
+    def _epoch_items(self, epoch: int) -> list:
+        """The epoch's (query, positive) tuples, or image ids for self-supervised training; fixed by
+        (seed, epoch) so a resumed epoch continues the same sequence."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, epoch])
+        if cfg.positives == "selfsup":
+            n = len(self.images)
+            return [int(i) for i in rng.choice(n, cfg.tuples, replace=cfg.tuples > n)]
+        queries = self.trainset.queries
+        chosen = rng.choice(len(queries), cfg.tuples, replace=cfg.tuples > len(queries))
+        positives = self.trainset.positives
+        return [(queries[i], int(rng.choice(positives[queries[i]]))) for i in chosen]
+
+    def _negatives_for(self, epoch: int, position: int, query: int) -> list[int]:
+        """Negatives of the tuple at ``position``: re-mined with the current model at the start of
+        each of the ``remine`` chunks of the epoch (and after a resume)."""
+        cfg = self.config
+        chunk = math.ceil(cfg.tuples / cfg.remine)
+        if position % chunk == 0 or not self._negatives:
+            items = self._epoch_items(epoch)[position - position % chunk:][:chunk]
+            self._mine(sorted({q for q, _ in items}), epoch, position // chunk)
+            set_batchnorm_mode(self.model, cfg.bn)
+        return self._negatives[query]
+
+    def _mine(self, queries: list[int], epoch: int, chunk: int) -> None:
+        cfg, ts = self.config, self.trainset
+        rng = np.random.default_rng([cfg.seed, epoch, chunk, 1])
+        pool = list(ts.pool)
+        if len(pool) > cfg.pool_size:  # P3 mines from a random pool re-drawn each time
+            pool = sorted(int(i) for i in rng.choice(pool, cfg.pool_size, replace=False))
+        ids = sorted(set(pool) | set(queries))
+        where = {i: k for k, i in enumerate(ids)}
+        advance = self.progress(len(ids), "mining negatives") if self.progress else None
+        vectors = describe(self.model, self.store, [ts.images[i] for i in ids], advance)
+        mined = mine_negatives(vectors[[where[q] for q in queries]], ts.groups[queries], vectors[[where[i] for i in pool]],
+                               pool, ts.groups[pool], cfg.negatives, [ts.excluded.get(q, {q}) for q in queries])
+        self._negatives = dict(zip(queries, mined))
+
+    # --- self-supervised ----------------------------------------------------------------------
+    def _selfsup_loss(self, epoch: int, start: int, batch: list[int]) -> float:
+        from matchlens.train.selfsup import two_views
+
+        gen = torch.Generator().manual_seed(hash((self.config.seed, epoch, start)) % (2**31))
+        v1, v2 = two_views([self.store.image(self.images[i]) for i in batch], self.config.crop, gen)
+        loss = nt_xent_loss(self.model(v1), self.model(v2), self.config.temperature)
+        loss.backward()
+        return float(loss.detach())
+
+    # --- data ----------------------------------------------------------------------------------
+    @property
+    def images(self) -> list[str]:
+        return self.trainset.images if self.trainset is not None else self._unlabeled
+
+    def _trainset(self) -> TrainingSet | None:
+        from matchlens.train.persist import load_trainset, save_trainset
+
+        path = self.out / TRAINSET
+        if self.config.positives == "selfsup":
+            self._unlabeled = _unlabeled_images(self.config, self.dataset)
+            return None
+        if path.exists() and self.resumed_from is not None:
+            return load_trainset(path)
+        trainset = _build_trainset(self.config, self.dataset, self.model, self.store, self.progress)
+        save_trainset(path, trainset)
+        for note in trainset.notes:
+            self.log(note)
+        self.log(f"training set: {len(trainset.queries)} queries, {len(trainset.pairs())} positive pairs, "
+                 f"{len(trainset.pool)} candidate negatives ({trainset.source})")
+        return trainset
+
+    def _valset(self) -> ValidationSet | None:
+        from matchlens.io.official import load_dataset
+        from matchlens.train.validation import validation_from_dataset
+
+        cfg = self.config
+        if cfg.val_data:
+            return validation_from_dataset(load_dataset(cfg.val_data))
+        if cfg.val_groups:
+            if self.dataset is None:
+                raise ConfigError("--val-groups needs a dataset with ground truth as DATA")
+            hidden = set(cfg.holdout_groups) - set(cfg.val_groups)
+            from matchlens.train.positives import holdout_images
+
+            drop = holdout_images(self.dataset, hidden)
+            dataset = dataclasses.replace(self.dataset, images=tuple(n for n in self.dataset.images if n not in drop))
+            return validation_from_dataset(dataset, set(cfg.val_groups))
+        return None
+
+    def _bn_paths(self, epoch: int) -> list[str]:
+        rng = np.random.default_rng([self.config.seed, epoch, 2])
+        images = self.images
+        return [images[i] for i in rng.choice(len(images), min(len(images), 200), replace=False)]
+
+    # --- validation, checkpoints ---------------------------------------------------------------
+    def _validate(self) -> float | None:
+        if self.valset is None or not self.valset.queries:
+            return None
+        advance = self.progress(len(self.valset.images), "validating") if self.progress else None
+        return self.valset.mean_ap(describe(self.model, self.store, self.valset.images, advance))
+
+    def _finish_epoch(self, epoch: int, loss: float | None, seconds: float) -> None:
+        val = self._validate()
+        entry = {"epoch": epoch, "loss": loss, "val_map": val, "seconds": round(seconds, 2),
+                 "gem_p": round(self.model.gem_p, 4), "lr": self.optimizer.param_groups[0]["lr"]}
+        self.state["history"].append(entry)
+        best = self.state["best_map"]
+        improved = epoch == 0 or (val is not None and (best is None or val > best)) or (val is None)
+        if improved:
+            self.state["best_map"], self.state["best_epoch"] = val, epoch
+            self._save(self.out / BEST, epoch, training=False)
+        self._save_last(epoch, 0)
+        (self.out / HISTORY).write_text(json.dumps(self.state["history"], indent=1))
+        val_text = "n/a" if val is None else f"{100 * val:.2f}"
+        loss_text = "" if loss is None else f"loss {loss:.4f}, "
+        self.log(f"epoch {epoch}: {loss_text}val mAP {val_text}, GeM p {self.model.gem_p:.3f}"
+                 f"{', best so far' if improved else ''} ({seconds:.1f} s)")
+
+    def _save_last(self, epoch: int, step: int) -> None:
+        self.state["epoch"], self.state["step"] = epoch, step
+        self._save(self.out / LAST, epoch, training=True)
+
+    def _save(self, path: Path, epoch: int, training: bool, lw: dict | None = None) -> None:
+        from matchlens.models.backbones import backbone_state_dict
+        from matchlens.train.persist import atomic_torch_save
+
+        meta = {"kind": MATCHLENS_KIND, "format": CHECKPOINT_FORMAT, "spec": self.spec().to_dict(),
+                "gem_p": self.model.gem_p, "epoch": epoch, "val_map": self.state["best_map"],
+                "config": self.config.to_dict(), "lw": lw}
+        content: dict[str, Any] = {"state_dict": backbone_state_dict(self.model.backbone), "matchlens": meta}
+        if training:
+            content["training"] = {
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.state["epoch"], "step": self.state["step"], "history": self.state["history"],
+                "best_map": self.state["best_map"], "best_epoch": self.state["best_epoch"],
+                "torch_rng": torch.get_rng_state(), "state": self.model.state_dict(),
+            }
+        atomic_torch_save(_to_cpu(content), path)
+
+    def spec(self) -> PipelineSpec:
+        """The pipeline spec of the trained model (what an index built from the checkpoint uses)."""
+        return PipelineSpec(backbone=self.config.backbone, max_side=self.config.max_side, scales=(1.0,),
+                            pooling="gem", pooling_params={"p": round(self.model.gem_p, 6)})
+
+    def _resume(self) -> tuple[int, int]:
+        from matchlens.models.weights import read_checkpoint
+
+        content = read_checkpoint(self.out / LAST)
+        training = content.get("training") if isinstance(content, dict) else None
+        old = (content.get("matchlens") or {}).get("config", {}) if training else {}
+        if not training:
+            raise ConfigError(f"{self.out / LAST} holds no training state; choose an empty --out folder")
+        changed = [k for k in _FIXED_ON_RESUME if old.get(k) != self.config.to_dict().get(k)]
+        if changed:
+            raise ConfigError(f"{self.out} holds a run with different {', '.join(changed)}; "
+                              "use the same options to resume, or --restart (or another --out) to start over")
+        self.model.load_state_dict(training["state"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        torch.set_rng_state(training["torch_rng"])
+        for key in ("epoch", "step", "history", "best_map", "best_epoch"):
+            self.state[key] = training[key]
+        self.log(f"resuming from epoch {training['epoch'] + 1}, tuple {training['step']} ({self.out / LAST})")
+        return int(training["epoch"]), int(training["step"])
+
+    # --- learned whitening ----------------------------------------------------------------------
+    def _learn_whitening(self) -> float | None:
+        """Fit Lw on the best model's descriptors of the training pairs (matching: query-positive;
+        non-matching: query and its mined hard negatives), store it in best.pt, and return the
+        validation mAP with it."""
+        from matchlens.models.weights import read_checkpoint
+        from matchlens.whitening.learned import LearnedWhitening
+
+        best = read_checkpoint(self.out / BEST)
+        self._load_best_weights(best)
+        ts = self.trainset
+        queries = ts.queries
+        self._mine(queries, self.config.epochs + 1, 0)  # an RNG stream no training epoch uses
+        matching = ts.pairs()
+        non_matching = [(q, n) for q in queries for n in self._negatives[q]]
+        used = sorted({i for pair in matching + non_matching for i in pair})
+        where = {i: k for k, i in enumerate(used)}
+        vectors = describe(self.model, self.store, [ts.images[i] for i in used])
+        dim = self.config.lw_dim
+        lw = LearnedWhitening(dim=dim).fit_pairs(vectors, [(where[a], where[b]) for a, b in matching],
+                                                 [(where[a], where[b]) for a, b in non_matching])
+        arrays = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in lw.arrays().items()}
+        arrays["params"] = lw.params()
+        lw_map = None
+        if self.valset is not None and self.valset.queries:
+            raw = describe(self.model, self.store, self.valset.images)
+            lw_map = self.valset.mean_ap(lw.transform(raw))
+        self._save(self.out / BEST, int(best["matchlens"]["epoch"]), training=False, lw=arrays)
+        history = self.state["history"]
+        self.log(f"learned whitening Lw from {len(matching)} matching / {len(non_matching)} non-matching pairs"
+                 + (f": val mAP {100 * lw_map:.2f} with Lw" if lw_map is not None else ""))
+        (self.out / HISTORY).write_text(json.dumps(history + [{"lw_val_map": lw_map}], indent=1))
+        return lw_map
+
+    def _load_best_weights(self, best: dict) -> None:
+        from matchlens.models import load_backbone
+
+        backbone = load_backbone(self.config.backbone, self.out / BEST)
+        self.model.backbone.load_state_dict(backbone.state_dict())
+        p = float(best["matchlens"]["gem_p"])
+        if isinstance(self.model.pool.p, torch.Tensor):
+            self.model.pool.p.data.fill_(p)
+        self.model.eval()
+
+    def _plot(self) -> Path | None:
+        from matchlens.train.persist import plot_curve
+
+        return plot_curve(self.state["history"], self.out / CURVE)
+
+
+def _to_cpu(obj: Any) -> Any:
+    """A copy of a checkpoint's content with every tensor on the CPU (loadable anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def _optimizer(model: RetrievalNet, config: TrainConfig) -> torch.optim.Optimizer:
+    lr = config.learning_rate
+    pool = [p for p in model.pool.parameters() if p.requires_grad]
+    # cirtorch: GeM's p learns 10x faster and without weight decay (one scalar, far from 0).
+    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad]},
+              {"params": pool, "lr": 10 * lr, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _maybe_dataset(data: str, dataset_format: str | None):
+    """The dataset at ``data`` (gt.json or an official layout), or None for a plain folder."""
+    from matchlens.io.official import detect_format, load_dataset
+
+    if not Path(data).expanduser().exists():
+        raise SourceError(f"training data '{data}' does not exist")
+    if dataset_format is None:
+        try:
+            dataset_format = detect_format(data)
+        except MatchlensError:
+            return None
+    return load_dataset(data, dataset_format)
+
+
+def _unlabeled_images(config: TrainConfig, dataset) -> list[str]:
+    """The images of a label-free run: the dataset's images minus held-out groups, or a folder."""
+    if dataset is not None:
+        from matchlens.train.positives import holdout_images
+
+        drop = holdout_images(dataset, set(config.holdout_groups))
+        return [str(dataset.image_path(n)) for n in dataset.images if n not in drop]
+    from matchlens.io.collection import scan_source
+
+    images = scan_source(config.data)
+    if not images:
+        raise SourceError(f"no images in '{config.data}'")
+    return images
+
+
+def _build_trainset(config: TrainConfig, dataset, model: RetrievalNet, store: ImageStore,
+                    progress: ProgressFactory | None) -> TrainingSet:
+    from matchlens.train import positives as sources
+
+    if config.positives == "gt":
+        if dataset is None:
+            raise ConfigError(f"'{config.data}' has no ground truth (gt.json or an official layout); "
+                              "use --positives folders, sv, manifold or selfsup")
+        train = set(config.train_groups) if config.train_groups else None
+        return sources.from_dataset(dataset, train, set(config.holdout_groups))
+    if config.positives == "folders":
+        return sources.from_group_folders(config.data)
+    images = _unlabeled_images(config, dataset)
+    advance = progress(len(images), "describing (initial model)") if progress else None
+    vectors = describe(model, store, images, advance)
+    if config.positives == "sv":
+        n_pairs = len(sources._knn_pairs(vectors, config.knn))
+        advance = progress(n_pairs, "verifying pairs") if progress else None
+        return sources.from_verification(images, vectors, k=config.knn, min_inliers=config.min_inliers,
+                                         advance=advance)
+    return sources.from_manifold(images, vectors, anchors=config.anchors, k=max(config.knn, 5))
