@@ -307,13 +307,14 @@ def measure(row: Row, search, bench: Bench, threads: list[int]) -> Row:
 
 
 def sweep(searcher, backend, bench: Bench, key: str, values: list, threads: int, **fixed) -> list[dict]:
-    """Recall@10 and ms/query (k=10; batched and single) for each value of one search parameter."""
+    """Recall@10 and ms/query (at the rows' depth k = K, so refine means the same shortlist; batched and
+    single) for each value of one search parameter."""
     points = []
     saved = dict(backend.params)
     for value in values:
         backend.configure(**{key: value}, **fixed)
-        ms, rows = time_search(searcher.search, bench.queries, 11, threads, single=False, repeat=2)
-        ms1, _ = time_search(searcher.search, bench.queries, 11, threads, single=True)
+        ms, rows = time_search(searcher.search, bench.queries, K + 1, threads, single=False, repeat=2)
+        ms1, _ = time_search(searcher.search, bench.queries, K + 1, threads, single=True)
         recall = recall_at(without_self(rows, bench.own, 10), bench.truth, 10)
         points.append({key: value, **fixed, "ms_batch": ms, "ms_single": ms1, "recall10": recall})
     backend.configure(**{k: saved[k] for k in [key, *fixed]})
@@ -535,7 +536,7 @@ def print_table(rows: list[Row]) -> None:
         for p in r.sweep:
             knobs = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("ms_batch", "ms_single", "recall10"))
             print(f"  sweep {r.backend} {r.params.split(' (')[0]} N={r.n:,} {knobs}: recall@10 {p['recall10']:.3f}, "
-                  f"{p['ms_batch']:.2f} ms/q batched, {p['ms_single']:.2f} ms/q single (k=10)")
+                  f"{p['ms_batch']:.2f} ms/q batched, {p['ms_single']:.2f} ms/q single (k={K})")
 
 
 def _num(x: float, digits: int = 0) -> str:
@@ -559,7 +560,7 @@ def plot(rows: list[Row], path: Path, threads: int) -> None:
         if r.params.startswith("Flat"):
             ax.scatter([r.ms_batch_2t], [1.0], marker="*", s=120, color="k", label=f"exact Flat, k={K} (N={r.n:,})")
     ax.set_xscale("log")
-    ax.set_xlabel(f"ms/query (batched, {threads} threads, k=10)")
+    ax.set_xlabel(f"ms/query (batched, {threads} threads, k={K})")
     ax.set_ylabel("recall@10 vs exact")
     ax.axhline(0.95, color="grey", lw=0.5, ls="--")
     ax.axvline(2.0, color="grey", lw=0.5, ls="--")
@@ -580,13 +581,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="flat,ivfpq,hnsw,milvus")
     parser.add_argument("--ivf", default=None,
                         help="IVF-PQ factory strings separated by ';' (default IVF{~sqrt(N)},PQ64); the first is swept further")
+    parser.add_argument("--ivf-params", default="", help="search parameters of the first IVF-PQ row, e.g. nprobe=64,refine=16")
+    parser.add_argument("--tag", default="", help="suffix of the result files (a partial run keeps the full run's files)")
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--hnsw", default="HNSW32")
     parser.add_argument("--hnsw-n", type=int, default=None, help="measure HNSW at this N instead (its own base)")
     parser.add_argument("--milvus", default="HNSW:M=16,efConstruction=100")
     parser.add_argument("--milvus-n", type=int, default=None, help="measure Milvus Lite at this N instead")
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--linearity", action="store_true", help="IVF-PQ add time at N/4, N/2, N (and HNSW's)")
+    parser.add_argument("--linearity", nargs="?", const="all", default="", choices=["", "ivf", "all"],
+                        help="build time at N/4, N/2, N: 'ivf' for IVF-PQ only, 'all' (the bare flag) for HNSW too")
     parser.add_argument("--diffusion-n", type=int, default=0, help="build the diffusion graph at this N (0: skip)")
     parser.add_argument("--knn", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -631,7 +635,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
         sweeps = [("nprobe", [4, 8, 16, 32, 64, 128], {}), ("nprobe", [8, 16, 32, 64], {"refine": 4}),
                   ("nprobe", [8, 16, 32, 64], {"refine": 16})]
-        row, searcher, backend, folder = ann_row(factory, main_bench, threads, args.work, sweeps, train_size=args.train_size)
+        row, searcher, backend, folder = ann_row(factory, main_bench, threads, args.work, sweeps, train_size=args.train_size,
+                                                 **_params(args.ivf_params))
         scratch.append(folder)
         rows.append(row)
         print_table(rows)
@@ -656,7 +661,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         del searcher
         print_table(rows)
-        if args.linearity:
+        if args.linearity == "all":
             extras["hnsw_linearity"] = hnsw_linearity(args.hnsw, bench.base, row.build_s, max(threads), args.work)
             print("HNSW build linearity: " + json.dumps(extras["hnsw_linearity"]), flush=True)
     if "milvus" in wanted:
@@ -670,11 +675,18 @@ def main(argv: list[str] | None = None) -> None:
     extras["load_end"] = os.getloadavg()
     extras["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"uptime load at end: {' '.join(f'{x:.2f}' for x in extras['load_end'])}; peak RSS {extras['peak_rss_gb']:.1f} GB")
-    out = args.work / f"scale-{args.n}.json"
+    out = args.work / f"scale-{args.n}{args.tag}.json"
     out.write_text(json.dumps({"rows": [asdict(r) for r in rows], **extras}, indent=1, default=float))
-    png = args.work / f"scale-{args.n}-recall-latency.png"
+    png = args.work / f"scale-{args.n}{args.tag}-recall-latency.png"
     plot(rows, png, max(threads))
     print(f"results: {out}; plot: {png}")
+
+
+def _params(text: str) -> dict:
+    """``nprobe=64,refine=16`` → {"nprobe": 64, "refine": 16}."""
+    from matchlens.config import parse_params
+
+    return parse_params(text) if text else {}
 
 
 def _ivf_for(n: int) -> str:

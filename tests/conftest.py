@@ -71,6 +71,27 @@ def built_index(tmp_path_factory, scenes_dir, small_spec):
 
 
 @pytest.fixture(scope="session")
+def verifier(tmp_path_factory, scenes_dir) -> Path:
+    """A tiny indicative verifier (4x4 grid, 6 px patches) trained label-free on the scenes
+    through the CLI: one epoch on 24 pairs, on one thread."""
+    import torch
+
+    from matchlens.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("verifier") / "v.pt"
+    try:
+        main(["train-verifier", str(scenes_dir), "--out", str(path), "--pairs", "24", "--epochs", "1",
+              "--grid", "4x4", "--patch-px", "6", "--metrics", "cosine,euclidean,mahalanobis", "-q"])
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        torch.set_num_threads(before)
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared evaluation data (../shared/data beside the repo); skipped where absent."""
     if not (SHARED_DATA / "oxford5k_subset" / "gt.json").is_file():

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from matchlens.evidence import EvidenceModel
@@ -15,22 +12,7 @@ from matchlens.rerank import Shortlist, parse_chain
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def verifier(tmp_path_factory, scenes_dir) -> Path:
-    """A tiny verifier trained label-free on the scenes through the CLI."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("verifier") / "v.pt"
-    from matchlens.cli import main
-
-    try:
-        main(["train-verifier", str(scenes_dir), "--out", str(path), "--pairs", "24", "--epochs", "1",
-              "--grid", "4x4", "--patch-px", "6", "--metrics", "cosine,euclidean,mahalanobis", "-q"])
-    except SystemExit as exc:
-        assert not exc.code
-    finally:
-        torch.set_num_threads(before)
-    return path
+# ``verifier`` (a tiny checkpoint trained through the CLI) comes from conftest.py.
 
 
 def test_train_verifier_writes_a_checkpoint_with_its_configuration(verifier, scenes_dir):
@@ -83,8 +65,9 @@ def test_indicative_reranker_orders_by_verifier_and_supports_prf(verifier, built
 def test_bad_verifier_inputs_give_one_line_errors(capsys, built_index, scenes_dir, tmp_path):
     code, _, err = run_cli(capsys, "search", built_index.root, scenes_dir / "scene_02.jpg", "--rerank", "indicative:k=3")
     assert code == 2 and "model=PATH is required" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli(capsys, "search", built_index.root, scenes_dir / "scene_02.jpg", "--explain", tmp_path / "ev")
-    assert code == 2 and "--explain needs a verifier" in err
+    code, _, err = run_cli(capsys, "search", built_index.root, scenes_dir / "scene_02.jpg", "--explain", tmp_path / "ev",
+                           "--explain-model", tmp_path / "missing.pt")
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
     bogus = tmp_path / "bogus.pt"
     bogus.write_text("nope")
     code, _, err = run_cli(capsys, "explain", built_index.root, scenes_dir / "scene_02.jpg", "scene_03.jpg",

@@ -350,3 +350,26 @@ def test_worst_page_renders_in_chromium(evaluation, tmp_path):
                     "--window-size=1400,1000", page.as_uri()], check=True, timeout=120, capture_output=True)
     with Image.open(shot) as img:
         assert img.size == (1400, 1000) and len(set(img.convert("RGB").getdata())) > 50
+
+
+def test_thumbnails_are_upright_and_boxes_drawn_in_upright_pixels(tmp_path):
+    """A phone photo stored sideways (EXIF orientation 6) is shown upright, with its box in place."""
+    import base64 as b64
+    import io as _io
+
+    from PIL import Image as PILImage
+
+    from matchlens.evaluate.html import thumbnail_uri
+
+    stored = PILImage.new("RGB", (320, 160), (90, 90, 90))  # upright it is 160 wide, 320 tall
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, exif=exif.tobytes())
+    uri = thumbnail_uri(path, side=160, box=(0, 160, 160, 320))  # the lower half of the upright photo
+    thumb = PILImage.open(_io.BytesIO(b64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+    assert thumb.size == (80, 160)
+    r, g, b = thumb.getpixel((40, 81))  # top edge of the box, drawn in yellow
+    assert r > 200 and g > 200 and b < 100
+    r, g, b = thumb.getpixel((40, 40))  # the upper half is untouched grey
+    assert abs(r - 90) < 20 and abs(b - 90) < 20

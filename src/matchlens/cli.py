@@ -264,8 +264,8 @@ def search(
     rerank: Optional[str] = typer.Option(None, "--rerank", help=RERANK_HELP),
     kind: Optional[str] = typer.Option(None, "--kind", help="Rank by one descriptor kind: cnn or a kind added by 'matchlens encode' (bow, vlad, densevlad, asmk)."),
     fuse: Optional[str] = typer.Option(None, "--fuse", help="Late fusion of descriptor kinds, e.g. cnn+asmk:ghm (see 'matchlens encode --help')."),
-    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Write a query/result evidence heatmap PNG per result into this folder."),
-    explain_model: Optional[Path] = typer.Option(None, "--explain-model", help="Verifier checkpoint for --explain (default: the indicative step's model)."),
+    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Write an evidence PNG per result and index.html into this folder."),
+    explain_model: Optional[Path] = typer.Option(None, "--explain-model", help="Verifier checkpoint for --explain (default: the indicative step's model; none: spatial-verification evidence)."),
     runtime: Optional[str] = RuntimeOpt,
 ) -> None:
     """Rank the indexed images against a query image."""
@@ -277,16 +277,18 @@ def search(
     with _runtime(runtime):
         results = _search_kinds(idx, Path(query).expanduser(), parse_box(box) if box else None, k,
                                 spec_from_preset(preset) if preset else None, rerank, _fusion_option(kind, fuse))
-    if explain_dir is not None:  # evidence overlays (matchlens.evidence)
-        _write_explanations(query, parse_box(box) if box else None, [r.path for r in results], explain_dir,
-                            explain_model, rerank)
+    page = None
+    if explain_dir is not None:  # evidence overlays and their page (matchlens.evidence)
+        page = _write_explanations(query, parse_box(box) if box else None, results, explain_dir, explain_model, rerank)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
-        return
-    table = Table("rank", "score", "path", title=f"{Path(query).name} in {idx.root.name} ({idx.size} images)")
-    for r in results:
-        table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
-    out.print(table)
+    else:
+        table = Table("rank", "score", "path", title=f"{Path(query).name} in {idx.root.name} ({idx.size} images)")
+        for r in results:
+            table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
+        out.print(table)
+    if page is not None:  # on stderr under --json, so stdout stays one JSON document
+        (err if as_json else out).print(f"evidence page: {page}", markup=False, highlight=False)
 
 
 @app.command("eval")
@@ -457,6 +459,7 @@ def serve(
                                         help="API token that enables POST /images and DELETE /images/{id}."),
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Largest accepted upload (MB).", min=0.001),
     max_pixels: int = typer.Option(64_000_000, "--max-pixels", help="Largest declared image size (pixels).", min=1),
+    verifier: Optional[Path] = typer.Option(None, "--verifier", help="Verifier checkpoint (matchlens train-verifier): the evidence view shows its heatmaps instead of spatial-verification inliers."),
 ) -> None:
     """Serve an index over HTTP: search API, web page at /, API docs at /docs (Ctrl+C stops)."""
     from matchlens.service.server import is_loopback, serve as run_server
@@ -465,9 +468,10 @@ def serve(
         err.print(f"warning: listening on {host}: anyone who can reach it can search"
                   + ("" if token else " (writes stay disabled without --token)"), markup=False, highlight=False)
     run_server(index_dir, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-               max_pixels=max_pixels,
+               max_pixels=max_pixels, verifier=verifier,
                on_ready=lambda url: _announce(f"matchlens: serving {index_dir} at {url} (writes "
-                                              f"{'enabled' if token else 'disabled'}; Ctrl+C stops)"))
+                                              f"{'enabled' if token else 'disabled'}; evidence: "
+                                              f"{'verifier' if verifier else 'spatial'}; Ctrl+C stops)"))
 
 
 def _announce(line: str) -> None:
@@ -548,19 +552,15 @@ def explain(
     out.print(f"score {explanation.score:.4f}; evidence: {target}", markup=False, highlight=False)
 
 
-def _write_explanations(query: str, box, paths: list[str], folder: Path, model: Optional[Path], rerank: Optional[str]) -> None:
-    from matchlens.errors import ConfigError
-    from matchlens.evidence.workflows import explain_results, model_from_chain
-    from matchlens.io.images import load_image
+def _write_explanations(query: str, box, results, folder: Path, model: Optional[Path], rerank: Optional[str]) -> Path:
+    """Evidence PNGs and index.html for ``results``; returns the page."""
+    from matchlens.evidence.workflows import explain_search, model_from_chain
 
-    chosen = model or model_from_chain(rerank)
-    if chosen is None:
-        raise ConfigError("--explain needs a verifier: --explain-model PATH or --rerank indicative:model=PATH")
-    image = load_image(Path(query).expanduser(), max_side=1024)
-    if box is not None:
-        image = image.crop(tuple(int(round(v)) for v in box))
-    written = explain_results(image, paths, chosen, folder)
-    err.print(f"evidence overlays: {len(written)} PNG in {folder}", markup=False, highlight=False)
+    with progress_factory(True) as progress:
+        written = explain_search(query, [(r.path, r.score) for r in results], folder,
+                                 model or model_from_chain(rerank), box, progress)
+    err.print(f"evidence ({written.kind}): {len(written.rows)} PNG in {folder}", markup=False, highlight=False)
+    return written.page
 
 
 # --- classic descriptor kinds and late fusion (matchlens.classic, matchlens.fusion) --------------

@@ -14,6 +14,9 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from matchlens.errors import ImageLoadError
+from matchlens.io.images import load_image
+
 __all__ = ["STYLE", "THUMB", "thumbnail_html", "thumbnail_uri"]
 
 #: Longest side, in pixels, of the thumbnails.
@@ -38,19 +41,20 @@ def thumbnail_uri(path: str | Path, side: int = THUMB, box: Box | None = None) -
     Args:
         path: the image file.
         side: longest side of the thumbnail, in pixels.
-        box: optional ``(x0, y0, x1, y1)`` in pixels of the image as stored; drawn in yellow.
+        box: optional ``(x0, y0, x1, y1)`` in pixels of the upright image (EXIF orientation
+            applied, as query boxes are everywhere in matchlens); drawn in yellow.
 
     Raises:
-        OSError: the file is missing or is not an image Pillow can read.
+        ImageLoadError: the file is missing or is not an image that can be read safely.
     """
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        full_width = img.width
-        img.thumbnail((side, side))
-        if box is not None:
-            _draw_box(img, box, img.width / full_width)
-        buffer = io.BytesIO()
-        img.save(buffer, "JPEG", quality=80)
+    # A box needs the full upright width to scale it; without one a reduced JPEG decode is enough.
+    img = load_image(path, max_side=None if box is not None else side)
+    full_width = img.width
+    img.thumbnail((side, side))
+    if box is not None:
+        _draw_box(img, box, img.width / full_width)
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -76,7 +80,7 @@ def thumbnail_html(
     if uri is None:
         try:
             uri = thumbnail_uri(path, side, box)
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (OSError, ValueError, Image.DecompressionBombError, ImageLoadError):
             return (f"<div class=missing style='width:{side}px;height:{side * 3 // 4}px'>"
                     f"<span>{html.escape(label)}</span><br><em>image not found</em></div>")
         if cache is not None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image
+
 from matchlens.errors import ConfigError
 from matchlens.evidence.config import VerifierConfig
-from matchlens.evidence.model import EvidenceModel, Explanation, explain_pair, load_model
+from matchlens.evidence.explainers import MAX_SIDE, make_explainer
+from matchlens.evidence.model import EvidenceModel, Explanation, explain_pair
+from matchlens.evidence.page import EvidenceRow, write_evidence_page
 from matchlens.evidence.pairs import pairs_from_source
 from matchlens.evidence.train import Progress, TrainResult, TrainSettings, train_verifier
 
@@ -47,27 +52,78 @@ def explain_result(index_dir: str | os.PathLike, query: str | os.PathLike, resul
                    out: str | os.PathLike | None = None) -> Explanation:
     """Explain why ``result`` (file, row id or indexed name) matches ``query``; PNG written to ``out``."""
     from matchlens.index.index import open_index
-    from matchlens.io.images import load_image
+    from matchlens.io.images import crop_to_box
 
     index = open_index(index_dir)
-    query_image = load_image(Path(query).expanduser(), max_side=1024)
-    if box is not None:
-        query_image = query_image.crop(tuple(int(round(v)) for v in box))
+    query_image, scaled_box = load_query(query, box)
+    if scaled_box is not None:
+        query_image = crop_to_box(query_image, scaled_box)
     explanation = explain_pair(query_image, resolve_result(index, result), model)
     if out is not None:
         explanation.save_png(out)
     return explanation
 
 
-def explain_results(query_image, paths: Sequence[str], model: EvidenceModel | str | os.PathLike,
-                    folder: str | os.PathLike) -> list[Path]:
-    """One side-by-side PNG per result path, named ``<rank>_<stem>.png`` in ``folder``."""
-    evidence_model = load_model(model)
-    written = []
-    for rank, path in enumerate(paths, start=1):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(path).stem)
-        written.append(explain_pair(query_image, path, evidence_model).save_png(Path(folder) / f"{rank:03d}_{name}.png"))
-    return written
+def load_query(query: str | os.PathLike, box: Sequence[float] | None = None, max_side: int = 1024
+               ) -> tuple[Image.Image, tuple[float, ...] | None]:
+    """The query decoded at about ``max_side`` and ``box`` (pixels of the full-size upright image)
+    in the decoded image's frame: JPEG draft decoding may divide the sides by 2, 4 or 8."""
+    from matchlens.io.images import image_size, load_image
+
+    path = Path(query).expanduser()
+    image = load_image(path, max_side=max_side)
+    if box is None:
+        return image, None
+    factor = max(image.size) / max(image_size(path))
+    return image, tuple(float(v) * factor for v in box)
+
+
+@dataclass
+class SearchEvidence:
+    """What :func:`explain_search` wrote: the page, one evidence row per result, and the method."""
+
+    page: Path
+    rows: list[EvidenceRow]
+    kind: str
+    method: str
+
+    @property
+    def pngs(self) -> list[Path]:
+        """The evidence PNGs, best result first."""
+        return [self.page.parent / row.png for row in self.rows]
+
+
+def explain_search(query: str | os.PathLike, results: Sequence[tuple[str, float]], folder: str | os.PathLike,
+                   model: EvidenceModel | str | os.PathLike | None = None, box: Sequence[float] | None = None,
+                   progress: Progress | None = None) -> SearchEvidence:
+    """Evidence for ranked search results: ``<rank>_<stem>.png`` per result and ``index.html`` in ``folder``.
+
+    Args:
+        query: the query image file.
+        results: (path, score) of each result, best first.
+        folder: where the PNGs and the page go (created).
+        model: a verifier (or its checkpoint) for indicative evidence; None: spatial verification.
+        box: the query box, pixels of the full-size upright query.
+        progress: a progress factory (one step per result).
+    """
+    from matchlens.io.images import load_image
+
+    explainer = make_explainer(model)
+    image, scaled_box = load_query(query, box, MAX_SIDE)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    advance = progress(len(results), f"evidence ({explainer.kind})") if progress else None
+    rows = []
+    for rank, (path, score) in enumerate(results, start=1):
+        view = explainer.explain(image, load_image(path, max_side=MAX_SIDE), scaled_box,
+                                 title=f"query | #{rank} {Path(path).name}")
+        png = f"{rank:03d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(path).stem)}.png"
+        (folder / png).write_bytes(view.png)
+        rows.append(EvidenceRow(rank, float(score), str(path), png, view.caption))
+        if advance:
+            advance(1)
+    page = write_evidence_page(folder / "index.html", query, box, explainer.description, rows)
+    return SearchEvidence(page, rows, explainer.kind, explainer.description)
 
 
 def model_from_chain(rerank: str | None) -> str | None:

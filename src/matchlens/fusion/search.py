@@ -19,8 +19,6 @@ head of the ranking that ``eval`` scores.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +28,7 @@ import numpy as np
 from matchlens.errors import ConfigError
 from matchlens.fusion.normalise import NORMALISERS, normalise
 from matchlens.fusion.operators import FUSIONS, Fusion, normalised_weights
-from matchlens.index.index import Index, IndexContext, SearchResult
+from matchlens.index.index import Index, IndexContext, SearchResult, content_sha
 from matchlens.rerank import QueryInput, Shortlist, chain_depth, parse_chain, run_chain
 
 __all__ = ["FusionSpec", "MultiKindSearcher", "parse_fusion", "CNN"]
@@ -199,7 +197,7 @@ class MultiKindSearcher:
             shortlist = self._fused(query, box, depth)
         if chain:
             image, vector = self.index.encode_query(query, box, keep_image=any(r.needs_image for r in chain))
-            sha = _content_sha(query) if image is not None else None
+            sha = content_sha(query) if image is not None else None
             shortlist = run_chain(chain, QueryInput(vector=vector, image=image, sha256=sha), shortlist,
                                   IndexContext(self.index))
         return shortlist
@@ -250,13 +248,3 @@ class _LabelledSpec:
         return getattr(self._spec, name)
 
 
-def _content_sha(query) -> str | None:
-    """sha256 of a query given as a file or bytes (cache key of its local features in re-ranking)."""
-    try:
-        if isinstance(query, (bytes, bytearray)):
-            return hashlib.sha256(query).hexdigest()
-        if isinstance(query, (str, os.PathLike)):
-            return hashlib.sha256(Path(query).read_bytes()).hexdigest()
-    except OSError:
-        return None
-    return None

@@ -203,7 +203,7 @@ class Index:
         shortlist = Shortlist(rows[0][found], scores[0][found])
         if chain:
             # Only local-feature rerankers use the hash (as a cache key): do not re-read the file otherwise.
-            sha = _content_sha(query) if image is not None else None
+            sha = content_sha(query) if image is not None else None
             query_input = QueryInput(vector=vector, image=image, sha256=sha)
             shortlist = run_chain(chain, query_input, shortlist, IndexContext(self))
         return shortlist
@@ -391,7 +391,7 @@ def _file_key(query, box) -> tuple | None:
     return (str(Path(query).resolve()), stat.st_size, stat.st_mtime_ns, tuple(box) if box is not None else None)
 
 
-def _content_sha(query) -> str | None:
+def content_sha(query) -> str | None:
     """sha256 of a query given as a file or bytes (a cache key for its local features)."""
     import hashlib
 

@@ -1,7 +1,8 @@
 """``matchlens serve``: the HTTP API (FastAPI) and the offline web page for searching with evidence.
 
 ``create_app(index_dir, token=...)`` builds the app; ``serve(index_dir, host, port)`` runs it with
-uvicorn until SIGINT/SIGTERM. The evidence overlay comes from :func:`matchlens.service.explain.explain_pair`.
+uvicorn until SIGINT/SIGTERM. The evidence overlay comes from :mod:`matchlens.evidence.explainers`:
+the trained verifier's with ``verifier=PATH``, else spatial verification's.
 """
 
 from __future__ import annotations

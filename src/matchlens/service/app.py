@@ -30,7 +30,8 @@ from matchlens.io.images import load_image, parse_box
 from matchlens.service import media
 from matchlens.rerank.local_features import FeatureCache, feature_key
 from matchlens.rerank.spatial import CACHE_KIND
-from matchlens.service.explain import MAX_KEYPOINTS, MAX_SIDE, explain_pair
+from matchlens.evidence.explainers import Explainer, make_explainer
+from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
 from matchlens.service.query import evidence_query, timed_search
 from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, BodyLimit, DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited,
@@ -83,6 +84,12 @@ class SearchResponse(BaseModel):
     index_size: int
 
 
+class EvidenceInfo(BaseModel):
+    kind: str = Field(description="indicative (the trained verifier given with --verifier) or spatial (RootSIFT + MAGSAC++).")
+    method: str
+    verifier: str | None = Field(description="The verifier checkpoint, when kind is indicative.")
+
+
 class IndexInfo(BaseModel):
     generation: str
     images: int
@@ -93,6 +100,7 @@ class IndexInfo(BaseModel):
     whitening: str | None
     dba: dict[str, Any] | None
     rerankers: list[str]
+    evidence: EvidenceInfo = Field(description="What POST /explain draws.")
     writable: bool
     limits: dict[str, int]
     version: str
@@ -125,16 +133,20 @@ class RemoveResponse(BaseModel):
 
 # --- the app -----------------------------------------------------------------------------------
 def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, verifier: str | Path | None = None) -> FastAPI:
     """The FastAPI app serving the index at ``index_dir`` (opened and warmed now: one-line
-    IndexError_ if it is missing). Without ``token`` the write endpoints are disabled."""
+    IndexError_ if it is missing). Without ``token`` the write endpoints are disabled.
+    ``verifier`` (a ``matchlens train-verifier`` checkpoint, loaded now: one-line WeightsError if
+    it is not one) makes ``POST /explain`` draw the verifier's evidence instead of the inliers of
+    spatial verification."""
+    explainer = make_explainer(verifier)  # first: a bad checkpoint fails before the index is warmed
     live = LiveIndex(index_dir)
     settings = Settings(token or None, max_upload_bytes, max_pixels)
     app = _new_app(max_upload_bytes)
     app.state.live, app.state.settings = live, settings
     _install_errors(app)
     _install_page(app)
-    _install_read_routes(app, live, settings)
+    _install_read_routes(app, live, settings, explainer)
     _install_write_routes(app, live, settings)
     return app
 
@@ -200,7 +212,7 @@ def _query_upload(upload: UploadFile, settings: Settings) -> tuple[bytes, Any]:
     return data, probe_image(data, settings.max_pixels, upload.filename or "upload")
 
 
-def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> None:
+def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, explainer: Explainer) -> None:
     gate = threading.BoundedSemaphore(settings.max_parallel)
     @app.get("/health", response_model=Health, tags=["index"])
     def health() -> Health:
@@ -217,7 +229,8 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> N
         return IndexInfo(
             generation=index.generation, images=index.size, skipped=len(index.skipped()), dim=index.dim,
             pipeline=index.spec.describe(), spec=index.spec.to_dict(), whitening=index.manifest.get("whitening_state"),
-            dba=index.manifest.get("dba"), rerankers=RERANKERS.names(), writable=settings.token is not None,
+            dba=index.manifest.get("dba"), rerankers=RERANKERS.names(), evidence=_evidence_info(explainer),
+            writable=settings.token is not None,
             limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, "max_k": MAX_K},
             version=__version__)
 
@@ -246,8 +259,10 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> N
         id: Annotated[int, Form(description="Id of a result.")],
         box: Annotated[str | None, Form(description="The query box of the search, if any.")] = None,
     ) -> Response:
-        """Evidence (PNG): query and result side by side, matched regions and inlier matches drawn.
-        Headers ``X-Matchlens-Inliers`` and ``X-Matchlens-Tentative`` carry the counts."""
+        """Evidence (PNG): query and result side by side with the matched regions drawn.
+        ``X-Matchlens-Evidence`` says how (``spatial``: inlier matches, ``indicative``: the
+        verifier's heatmaps), ``X-Matchlens-Score`` gives the inlier count or the verifier's
+        probability; spatial evidence adds ``X-Matchlens-Inliers`` and ``X-Matchlens-Tentative``."""
         snap = live.snapshot()
         entry = snap.entry(id)
         parsed = parse_box(box) if box and box.strip() else None
@@ -255,11 +270,9 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> N
         with gate:
             query, scaled_box = evidence_query(data, probe, parsed, MAX_SIDE, settings.max_pixels)
             target = _load_target(entry, settings)
-            result = explain_pair(query, target, scaled_box, _cached_features(snap, entry),
-                                  title=f"query | #{entry.id} {Path(entry.path).name}")
-        headers = {"X-Matchlens-Inliers": str(int(result.evidence.score)),
-                   "X-Matchlens-Tentative": str(result.evidence.tentative), "Cache-Control": "no-store"}
-        return Response(result.png, media_type="image/png", headers=headers)
+            features = _cached_features(snap, entry) if explainer.uses_local_features else None
+            view = explainer.explain(query, target, scaled_box, features, title=f"query | #{entry.id} {Path(entry.path).name}")
+        return Response(view.png, media_type="image/png", headers=_evidence_headers(explainer, view))
 
     @app.get("/images/{image_id}", tags=["images"], response_class=Response,
              responses={200: {"content": {"image/*": {}}}, 404: {"description": "No indexed image has this id."}})
@@ -279,6 +292,18 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> N
         entry = live.snapshot().entry(image_id)
         return Response(media.thumbnail(entry, settings.max_pixels), media_type="image/jpeg",
                         headers={"ETag": f'"{entry.sha256}"', "Cache-Control": "private, max-age=60"})
+
+
+def _evidence_info(explainer: Explainer) -> EvidenceInfo:
+    return EvidenceInfo(kind=explainer.kind, method=explainer.description, verifier=explainer.source)
+
+
+def _evidence_headers(explainer: Explainer, view) -> dict[str, str]:
+    headers = {"X-Matchlens-Evidence": explainer.kind, "X-Matchlens-Score": f"{view.score:.4f}",
+               "Cache-Control": "no-store"}
+    if view.inliers is not None:
+        headers.update({"X-Matchlens-Inliers": str(view.inliers), "X-Matchlens-Tentative": str(view.tentative)})
+    return headers
 
 
 def _load_target(entry, settings: Settings):

@@ -20,9 +20,10 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_upload_bytes: int | None = None, max_pixels: int | None = None,
-          on_ready: Callable[[str], None] | None = None, log_level: str = "warning") -> None:
+          on_ready: Callable[[str], None] | None = None, log_level: str = "warning",
+          verifier: str | Path | None = None) -> None:
     """Serve the index at ``index_dir`` until SIGINT/SIGTERM; ``on_ready(url)`` is called once the
-    socket listens. ``port`` 0 picks a free port."""
+    socket listens. ``port`` 0 picks a free port; ``verifier`` is a checkpoint for the evidence view."""
     import uvicorn
 
     from matchlens.service.app import create_app
@@ -30,7 +31,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
     options = {k: v for k, v in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)) if v}
     sock = bind(host, port)  # first: a taken port fails at once, before the model loads
     try:
-        app = create_app(index_dir, token=token, **options)
+        app = create_app(index_dir, token=token, verifier=verifier, **options)
     except BaseException:
         sock.close()
         raise

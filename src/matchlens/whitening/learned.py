@@ -27,14 +27,15 @@ import numpy as np
 import scipy.linalg
 
 from matchlens.errors import ConfigError, WeightsError
-from matchlens.whitening.pca import FORMAT_VERSION, _as_matrix, _fix_signs, _map_rows, _write_npz, read_npz
+from matchlens.whitening.pca import (FORMAT_VERSION, ProjectionWhitening, _as_matrix, _fix_signs, _map_rows,
+                                     _write_npz, read_npz)
 
 __all__ = ["LearnedWhitening", "lw_from_checkpoint"]
 
 Pairs = Sequence[tuple[int, int]] | np.ndarray
 
 
-class LearnedWhitening:
+class LearnedWhitening(ProjectionWhitening):
     """Lw: whiten by matching-pair differences, rotate by non-matching-pair differences, keep ``dim``.
 
     ``shrinkage`` ``s`` in [0, 1] replaces ``C_S`` by ``(1-s)·C_S + s·mean(eig(C_S))·I``: with
@@ -44,6 +45,7 @@ class LearnedWhitening:
     """
 
     name: ClassVar[str] = "lw"
+    label: ClassVar[str] = "learned whitening"
 
     def __init__(self, dim: int | None = None, shrinkage: float = 0.1, eps: float = 1e-9) -> None:
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, Integral) or dim < 1):
@@ -119,22 +121,6 @@ class LearnedWhitening:
         copy.eigenvalues_ = None if self.eigenvalues_ is None else self.eigenvalues_[:dim]
         return copy
 
-    @property
-    def output_dim(self) -> int:
-        if self.projection_ is not None:
-            return int(self.projection_.shape[0])
-        if self.dim is not None:
-            return self.dim
-        raise ConfigError("learned whitening with dim=None has no output width until it is fitted")
-
-    @property
-    def input_dim(self) -> int:
-        return int(self._fitted()[0].shape[0])
-
-    @property
-    def is_fitted(self) -> bool:
-        return self.projection_ is not None
-
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim, "shrinkage": self.shrinkage, "eps": self.eps}
 
@@ -173,11 +159,6 @@ class LearnedWhitening:
         except (KeyError, ValueError) as exc:
             raise WeightsError(f"whitening file {path} is incomplete or corrupt: {exc}") from None
         return cls.from_arrays(arrays, params)
-
-    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.mean_ is None or self.projection_ is None:
-            raise ConfigError("learned whitening is not fitted: call fit_pairs() or load() first")
-        return self.mean_, self.projection_
 
     def __repr__(self) -> str:
         state = f", fitted {self.input_dim}->{self.output_dim}" if self.is_fitted else ""

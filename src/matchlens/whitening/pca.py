@@ -103,7 +103,40 @@ def _fix_signs(components: np.ndarray) -> np.ndarray:
     return components * np.where(pivots < 0, -1.0, 1.0)[:, None] + 0.0
 
 
-class PCAWhitening:
+class ProjectionWhitening:
+    """What every fitted linear whitening shares: ``mean_`` (d,), ``projection_`` (d_out, d) and
+    the widths and fitted state derived from them. ``label`` names the method in errors."""
+
+    label: ClassVar[str] = "whitening"
+    dim: int | None
+    mean_: np.ndarray | None
+    projection_: np.ndarray | None
+
+    @property
+    def output_dim(self) -> int:
+        """Width of :meth:`transform`'s output (known before fitting only when ``dim`` is set)."""
+        if self.projection_ is not None:
+            return int(self.projection_.shape[0])
+        if self.dim is not None:
+            return self.dim
+        raise ConfigError(f"{self.label} with dim=None has no output width until it is fitted")
+
+    @property
+    def input_dim(self) -> int:
+        """Width of the vectors it was fitted on."""
+        return int(self._fitted()[0].shape[0])
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.projection_ is not None
+
+    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mean_ is None or self.projection_ is None:
+            raise ConfigError(f"{self.label} is not fitted: call fit() or load() first")
+        return self.mean_, self.projection_
+
+
+class PCAWhitening(ProjectionWhitening):
     """PCA whitening ``x' = diag((λ+eps)^-power) Uᵀ(x-μ)``, keep ``dim`` components, then L2.
 
     ``μ`` is the training mean, ``U`` the principal directions of the sample covariance
@@ -116,6 +149,7 @@ class PCAWhitening:
     """
 
     name: ClassVar[str] = "pcaw"
+    label: ClassVar[str] = "PCA whitening"
 
     def __init__(self, dim: int | None = None, power: float = 0.5, shrinkage: float = 0.0,
                  eps: float = 1e-9) -> None:
@@ -175,24 +209,6 @@ class PCAWhitening:
         return _map_rows(X, lambda block: (block - mean) @ projection.T, projection.shape[0],
                          dtype=np.float32 if normalise else np.float64, normalise=normalise)
 
-    @property
-    def output_dim(self) -> int:
-        """Width of :meth:`transform`'s output (known before fitting only when ``dim`` is set)."""
-        if self.projection_ is not None:
-            return int(self.projection_.shape[0])
-        if self.dim is not None:
-            return self.dim
-        raise ConfigError("PCA whitening with dim=None has no output width until it is fitted")
-
-    @property
-    def input_dim(self) -> int:
-        """Width of the vectors it was fitted on."""
-        return int(self._fitted()[0].shape[0])
-
-    @property
-    def is_fitted(self) -> bool:
-        return self.projection_ is not None
-
     def params(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments (what a pipeline spec stores)."""
         return {"dim": self.dim, "power": self.power, "shrinkage": self.shrinkage, "eps": self.eps}
@@ -222,11 +238,6 @@ class PCAWhitening:
         if model.projection_.ndim != 2 or model.projection_.shape[1] != model.mean_.shape[0]:
             raise WeightsError(f"whitening file {path} has inconsistent array shapes")
         return model
-
-    def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.mean_ is None or self.projection_ is None:
-            raise ConfigError("PCA whitening is not fitted: call fit() or load() first")
-        return self.mean_, self.projection_
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

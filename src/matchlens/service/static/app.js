@@ -201,12 +201,17 @@ async function explain(card, result) {
   try {
     const response = await fetch("/explain", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorText(response));
+    // Spatial evidence counts matching points; the verifier (serve --verifier) gives a probability.
     const inliers = response.headers.get("X-Matchlens-Inliers");
+    const score = response.headers.get("X-Matchlens-Score");
     const blob = await response.blob();
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-    img.dataset.inliers = inliers;
+    img.dataset.evidence = response.headers.get("X-Matchlens-Evidence") || "spatial";
+    img.dataset.score = score || "";
+    if (inliers !== null) img.dataset.inliers = inliers; else delete img.dataset.inliers;
     img.src = URL.createObjectURL(blob);
-    $("evidence-caption").textContent = `#${result.rank} ${result.name}: ${inliers} matching points`;
+    const what = inliers !== null ? `${inliers} matching points` : `verifier score ${Number(score).toFixed(3)}`;
+    $("evidence-caption").textContent = `#${result.rank} ${result.name}: ${what}`;
     panel.scrollIntoView({ behavior: "smooth", block: "nearest" });
   } catch (err) {
     $("evidence-caption").textContent = err.message;
