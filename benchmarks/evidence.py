@@ -22,7 +22,7 @@ mean over pairs and thresholds):
 * target side — C_T on a generated set: UKBench object photos (another view of the query
   object) pasted into Oxford photos at known boxes.
 
-    python benchmarks/evidence.py [--data ../shared/data] [--index bench-out/oxford5k_subset] [--quick]
+    python benchmarks/evidence.py [--data ../shared/data] [--index bench-out/oxford5k_subset]
 """
 
 from __future__ import annotations

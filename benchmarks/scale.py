@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 PLACE_SIZE = 16      # images per synthetic "place" (the real set: 1009 images in ~64 k-means places)
 K = 100              # depth of every search: recall@1/10/100 come from one call
+SWEEP_K = K          # depth of the recall@10-vs-latency sweeps (--sweep-k 10: what a top-10 search costs)
 
 
 
@@ -307,14 +308,14 @@ def measure(row: Row, search, bench: Bench, threads: list[int]) -> Row:
 
 
 def sweep(searcher, backend, bench: Bench, key: str, values: list, threads: int, **fixed) -> list[dict]:
-    """Recall@10 and ms/query (at the rows' depth k = K, so refine means the same shortlist; batched and
-    single) for each value of one search parameter."""
+    """Recall@10 and ms/query (at depth k = SWEEP_K, K by default so refine means the same shortlist
+    as in the table; batched and single) for each value of one search parameter."""
     points = []
     saved = dict(backend.params)
     for value in values:
         backend.configure(**{key: value}, **fixed)
-        ms, rows = time_search(searcher.search, bench.queries, K + 1, threads, single=False, repeat=2)
-        ms1, _ = time_search(searcher.search, bench.queries, K + 1, threads, single=True)
+        ms, rows = time_search(searcher.search, bench.queries, SWEEP_K + 1, threads, single=False, repeat=2)
+        ms1, _ = time_search(searcher.search, bench.queries, SWEEP_K + 1, threads, single=True)
         recall = recall_at(without_self(rows, bench.own, 10), bench.truth, 10)
         points.append({key: value, **fixed, "ms_batch": ms, "ms_single": ms1, "recall10": recall})
     backend.configure(**{k: saved[k] for k in [key, *fixed]})
@@ -536,7 +537,7 @@ def print_table(rows: list[Row]) -> None:
         for p in r.sweep:
             knobs = ", ".join(f"{k}={v}" for k, v in p.items() if k not in ("ms_batch", "ms_single", "recall10"))
             print(f"  sweep {r.backend} {r.params.split(' (')[0]} N={r.n:,} {knobs}: recall@10 {p['recall10']:.3f}, "
-                  f"{p['ms_batch']:.2f} ms/q batched, {p['ms_single']:.2f} ms/q single (k={K})")
+                  f"{p['ms_batch']:.2f} ms/q batched, {p['ms_single']:.2f} ms/q single (k={SWEEP_K})")
 
 
 def _num(x: float, digits: int = 0) -> str:
@@ -560,7 +561,7 @@ def plot(rows: list[Row], path: Path, threads: int) -> None:
         if r.params.startswith("Flat"):
             ax.scatter([r.ms_batch_2t], [1.0], marker="*", s=120, color="k", label=f"exact Flat, k={K} (N={r.n:,})")
     ax.set_xscale("log")
-    ax.set_xlabel(f"ms/query (batched, {threads} threads, k={K})")
+    ax.set_xlabel(f"ms/query (batched, {threads} threads, k={SWEEP_K})")
     ax.set_ylabel("recall@10 vs exact")
     ax.axhline(0.95, color="grey", lw=0.5, ls="--")
     ax.axvline(2.0, color="grey", lw=0.5, ls="--")
@@ -594,7 +595,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diffusion-n", type=int, default=0, help="build the diffusion graph at this N (0: skip)")
     parser.add_argument("--knn", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-k", type=int, default=K,
+                        help="results per query in the recall-vs-latency sweeps (10: the cost of a top-10 search)")
     args = parser.parse_args(argv)
+    global SWEEP_K
+    SWEEP_K = args.sweep_k
 
     args.work.mkdir(parents=True, exist_ok=True)
     threads = [int(t) for t in args.threads.split(",")]

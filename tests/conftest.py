@@ -16,6 +16,17 @@ from matchlens.config import PipelineSpec
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def require_module(name: str):
+    """Import ``name`` for a test module; skip where it is not installed, except under CI
+    (``MATCHLENS_REQUIRE_ALL=1``, set by .ci/run), where every pinned extra must be there and a
+    missing one fails instead of silently skipping its tests."""
+    if os.environ.get("MATCHLENS_REQUIRE_ALL") == "1":
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
 def make_scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A distinctive synthetic 'photo': smooth coloured noise with random shapes on it."""
     rng = np.random.default_rng(seed)

@@ -10,9 +10,9 @@ from matchlens.errors import SourceError
 from matchlens.extract import Extractor
 from matchlens.extract.distributed import describe_files_dask
 from matchlens.index.index import Interrupted
-from tests.conftest import run_cli
+from tests.conftest import require_module, run_cli
 
-distributed = pytest.importorskip("distributed")
+distributed = require_module("distributed")
 
 
 @pytest.fixture(scope="module")

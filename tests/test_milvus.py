@@ -12,9 +12,9 @@ import pytest
 import matchlens
 from matchlens.errors import ConfigError
 from matchlens.index.backends import make_backend
-from tests.conftest import make_scene, run_cli
+from tests.conftest import require_module, make_scene, run_cli
 
-pytest.importorskip("milvus_lite")
+require_module("milvus_lite")
 
 
 def client_of(index):

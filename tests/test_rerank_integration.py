@@ -80,3 +80,22 @@ def test_cli_rerank_and_dba(capsys, tmp_path, scenes_dir):
     assert code == 0 and "dba: off" in out
     code, _, err = run_cli(capsys, "search", root, scenes_dir / "scene_01.jpg", "--rerank", "bogus:k=1")
     assert code == 2 and "unknown reranker" in err and "Traceback" not in err
+
+
+def test_chain_drops_the_padding_rows_of_an_approximate_search():
+    """An ANN backend pads a short result with row -1; as an index -1 would be the last image, so
+    run_chain removes it before any reranker sees the shortlist."""
+    from matchlens.rerank import QueryInput, Reranker, Shortlist, run_chain
+
+    seen = []
+
+    class Spy(Reranker):
+        name = "spy"
+
+        def rerank(self, query, shortlist, ctx):
+            seen.append(shortlist.rows.tolist())
+            return shortlist
+
+    out = run_chain([Spy()], QueryInput(vector=np.ones(2, np.float32)),
+                    Shortlist(np.array([4, 2, -1, -1]), np.array([0.9, 0.5, 0.0, 0.0])), ctx=None)
+    assert seen == [[4, 2]] and out.rows.tolist() == [4, 2]

@@ -290,3 +290,19 @@ def test_parse_chain_builds_the_three() -> None:
     assert repr(alpha_qe) == "alpha_qe:k=5,alpha=2"
     with pytest.raises(ConfigError):
         parse_chain("kr:lambda_=2")
+
+
+def test_dba_lifts_a_positive_whose_neighbour_resembles_the_query() -> None:
+    """P shows the query's object from an angle (cosine .50), but its nearest neighbour P2 is a
+    close view (.95); the distractor X is a little nearer the query (.55), but its neighbour X2 points
+    away. DBA (k=2) averages each vector with its neighbour, so P overtakes X."""
+    q = unit([1.0, 0.0, 0.0])
+    db = np.array([unit([0.5, 0.866, 0.0]),    # 0: P
+                   unit([0.95, 0.31, 0.0]),    # 1: P2
+                   unit([0.55, 0.0, 0.835]),   # 2: X
+                   unit([0.0, 0.0, 1.0])],     # 3: X2
+                  dtype=np.float32)
+    before = db @ q
+    after = dba_vectors(db, k=2) @ q
+    assert before[2] > before[0] and after[0] > after[2]
+    assert list(np.argsort(-before)) == [1, 2, 0, 3] and list(np.argsort(-after)) == [1, 0, 2, 3]

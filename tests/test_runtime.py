@@ -139,7 +139,7 @@ def test_export_is_cached_reused_and_recovered_when_damaged(tmp_path, monkeypatc
 
     garbage = b"not an onnx model"  # damaged, yet its checksum file agrees: the runtime's load fails
     model.write_bytes(garbage)
-    export._write_atomic(export._sidecar(model), export._sha256(model))
+    export._write_atomic(export._sidecar(model), export.file_sha256(model))
     assert float(fresh_extractor().describe_image(image) @ reference) >= 0.999
     assert len(exports) == 3 and model.read_bytes() != garbage
 
@@ -158,13 +158,17 @@ def test_runtime_choice_by_argument_context_and_environment(monkeypatch):
         runtime.requested_runtime()
 
 
-def test_auto_prefers_pytorch_on_a_gpu_then_openvino_then_onnxruntime(monkeypatch):
+def test_auto_prefers_pytorch_on_a_gpu_then_the_faster_cpu_runtime(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert runtime.auto_candidates() == ["pytorch"]
     assert runtime.auto_candidates("cpu")[-1] == "pytorch"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     installed = [n for n in ("openvino", "onnxruntime") if importlib.util.find_spec(n) is not None]
+    monkeypatch.setattr(runtime, "cpu_has_wide_vectors", lambda: True)
     assert runtime.auto_candidates() == [*installed, "pytorch"]
+    monkeypatch.setattr(runtime, "cpu_has_wide_vectors", lambda: False)
+    assert runtime.auto_candidates() == [*reversed(installed), "pytorch"]
+    monkeypatch.setattr(runtime, "cpu_has_wide_vectors", lambda: True)
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real_find(n, *a))
     assert runtime.auto_candidates()[0] == ("onnxruntime" if "onnxruntime" in installed else "pytorch")

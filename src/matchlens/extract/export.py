@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 
 from matchlens.errors import ConfigError
+from matchlens.index.store import file_sha256
 
 OPSET = 17
 CACHE_ENV = "MATCHLENS_CACHE"
@@ -78,7 +79,7 @@ def verified_digest(path: Path) -> str | None:
     sidecar = _sidecar(path)
     try:
         expected = sidecar.read_text().strip()
-        actual = _sha256(path)
+        actual = file_sha256(path)
     except OSError:
         return None
     return actual if actual == expected else None
@@ -119,7 +120,7 @@ def _export(backbone: torch.nn.Module, path: Path) -> str:
     try:
         _trace_to_onnx(backbone, tmp)
         _fsync(tmp)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
         _write_atomic(_sidecar(path), digest + "\n")
         return digest
@@ -162,14 +163,6 @@ def _export_lock(path: Path) -> Iterator[None]:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -11,8 +11,9 @@ runtime is therefore *not* part of the pipeline spec.
 * ``openvino``: OpenVINO on the CPU, reading the same ONNX file (``Core.read_model``; no
   conversion tool, so no telemetry). Inference precision is pinned to f32: the CPU plugin's
   default bf16 on CPUs that have it moves pooled descriptors to cosine 0.96-0.999.
-* ``auto`` (the default): PyTorch on CUDA when a GPU is visible, else OpenVINO if installed, else
-  ONNX Runtime, else PyTorch eager on the CPU.
+* ``auto`` (the default): PyTorch on CUDA when a GPU is visible, else OpenVINO and ONNX Runtime
+  (OpenVINO first on CPUs with AVX-512/AMX, ONNX Runtime first on AVX2-only CPUs, where it was
+  measured faster), else PyTorch eager on the CPU.
 
 The choice comes from the ``runtime`` argument, else :func:`use_runtime` (the CLI's
 ``--runtime``), else ``$MATCHLENS_RUNTIME``, else ``auto``.
@@ -328,12 +329,32 @@ def requested_runtime(name: str | None = None) -> str:
     return check_choice(name or _override or os.environ.get(RUNTIME_ENV) or AUTO)
 
 
+def cpu_has_wide_vectors() -> bool:
+    """Whether the CPU has AVX-512 or AMX (Linux: /proc/cpuinfo; elsewhere assumed so).
+
+    OpenVINO's CPU kernels gain most from them: with AVX-512 it ran the default backbone at about
+    twice ONNX Runtime's speed (the speed issue's table), while on an AVX2-only EPYC ONNX Runtime
+    was the faster, by 23% single-scale and 30% multi-scale (benchmarks/extract.py, README).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return True
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return True
+    return any(f.startswith(("avx512f", "amx")) for f in flags)
+
+
 def auto_candidates(device: str | None = None) -> list[str]:
-    """What ``auto`` tries, best first, on this machine (``device`` forces cpu or cuda)."""
+    """What ``auto`` tries, best first, on this machine (``device`` forces cpu or cuda): PyTorch on
+    a GPU; else OpenVINO then ONNX Runtime where the CPU has AVX-512/AMX, ONNX Runtime then
+    OpenVINO where it has not (measured, see :func:`cpu_has_wide_vectors`); PyTorch eager last."""
     cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if cuda:
         return ["pytorch"]
-    installed = [n for n in ("openvino", "onnxruntime") if importlib.util.find_spec(n) is not None]
+    order = ("openvino", "onnxruntime") if cpu_has_wide_vectors() else ("onnxruntime", "openvino")
+    installed = [n for n in order if importlib.util.find_spec(n) is not None]
     return [*installed, "pytorch"]
 
 

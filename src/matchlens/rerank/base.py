@@ -145,7 +145,11 @@ def parse_chain(text: str | None) -> list[Reranker]:
 
 
 def run_chain(chain: Sequence[Reranker], query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
-    """Apply the rerankers in order."""
+    """Apply the rerankers in order (rows < 0, an approximate backend's padding, are dropped first:
+    every reranker may then use rows as indices)."""
+    found = shortlist.rows >= 0
+    if not found.all():
+        shortlist = Shortlist(shortlist.rows[found], shortlist.scores[found])
     for reranker in chain:
         shortlist = reranker.rerank(query, shortlist, ctx)
     return shortlist
