@@ -8,7 +8,7 @@ import os as _os
 
 _os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never let timm reach a hub
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from matchlens.api import build_index, build_index_report, create_index, evaluate_dataset, open_index, search  # noqa: E402
 from matchlens.config import PipelineSpec, preset_names, spec_from_preset  # noqa: E402
