@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import importlib.util
 import os
 import queue
@@ -329,6 +330,7 @@ def requested_runtime(name: str | None = None) -> str:
     return check_choice(name or _override or os.environ.get(RUNTIME_ENV) or AUTO)
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change: read /proc/cpuinfo once per process
 def cpu_has_wide_vectors() -> bool:
     """Whether the CPU has AVX-512 or AMX (Linux: /proc/cpuinfo; elsewhere assumed so).
 

@@ -199,8 +199,7 @@ class Index:
         chain = parse_chain(rerank) if isinstance(rerank, str) else list(rerank or [])
         image, vector = self.encode_query(query, box, keep_image=any(r.needs_image for r in chain))
         scores, rows = self.search_vectors(vector[None, :], max(depth, chain_depth(chain)))
-        found = rows[0] >= 0  # an approximate backend may find fewer than asked
-        shortlist = Shortlist(rows[0][found], scores[0][found])
+        shortlist = Shortlist(rows[0], scores[0]).valid()  # an approximate backend may find fewer than asked
         if chain:
             # Only local-feature rerankers use the hash (as a cache key): do not re-read the file otherwise.
             sha = content_sha(query) if image is not None else None

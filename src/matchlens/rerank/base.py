@@ -39,6 +39,12 @@ class Shortlist:
         """The first ``k`` entries."""
         return Shortlist(self.rows[:k], self.scores[:k])
 
+    def valid(self) -> "Shortlist":
+        """Without rows < 0 (an approximate backend pads a short result with -1, which as an index
+        would mean the last image)."""
+        found = self.rows >= 0
+        return self if found.all() else Shortlist(self.rows[found], self.scores[found])
+
 
 @dataclass
 class QueryInput:
@@ -147,9 +153,7 @@ def parse_chain(text: str | None) -> list[Reranker]:
 def run_chain(chain: Sequence[Reranker], query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
     """Apply the rerankers in order (rows < 0, an approximate backend's padding, are dropped first:
     every reranker may then use rows as indices)."""
-    found = shortlist.rows >= 0
-    if not found.all():
-        shortlist = Shortlist(shortlist.rows[found], shortlist.scores[found])
+    shortlist = shortlist.valid()
     for reranker in chain:
         shortlist = reranker.rerank(query, shortlist, ctx)
     return shortlist

@@ -66,8 +66,7 @@ def timed_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] |
         _, vector = index.encode_query(image)  # a decoded image: load_image passes it through
     with _timer(timings, "search"):
         scores, rows = index.search_vectors(vector[None, :], max(k, chain_depth(chain)))
-        found = rows[0] >= 0  # an approximate backend pads with -1 when it finds fewer than asked
-        shortlist = Shortlist(rows[0][found], scores[0][found])
+        shortlist = Shortlist(rows[0], scores[0]).valid()
     with _timer(timings, "rerank"):
         if chain:
             # Same cache key as Index.rank gives a query read from bytes: the hash of the bytes.
