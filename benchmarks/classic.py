@@ -28,8 +28,7 @@ from matchlens.classic import encode_kind, kind_names, list_kinds
 from matchlens.classic.features import LocalFeatureStore
 from matchlens.cli import progress_factory
 from matchlens.evaluate.protocol import evaluate_index
-from matchlens.fusion import MultiKindSearcher
-from matchlens.io.official import load_dataset
+from matchlens.io.formats import load_dataset
 
 KINDS = ["bow", "vlad", "densevlad", "asmk"]
 FUSIONS = [
@@ -64,8 +63,8 @@ def build(data: Path, name: str, work: Path, kinds: list[str]) -> matchlens.Inde
 def evaluate(index, dataset, protocol: str, fusion: str) -> tuple[dict, float, float]:
     """(summary, cold ms/query, warm ms/query): cold includes the query's feature extraction
     (CNN and/or local features), warm is a second pass with the features memoised."""
-    searcher = MultiKindSearcher(index, fusion)
-    index._query_vectors.clear()
+    searcher = index.searcher(fusion)
+    index.pipeline.encoder.clear_memo()
     LocalFeatureStore._query_memo.clear()
     times = []
     for _ in range(2):
@@ -173,7 +172,7 @@ def print_table(rows: dict, size_table: dict, load_before: str, load_after: str)
           "ms/query cold | ms/query warm |")
     print("|---|---|---|---|---|---|---|---|")
     for method, cells in rows.items():
-        def get(key, metric):
+        def get(key, metric, cells=cells):  # bound now (it is only called in this iteration anyway)
             value = cells.get(key, {}).get(metric)
             return "-" if value is None else f"{value:.2f}" if metric == "N-S" else f"{value:.1f}"
         kinds = method.split(":")[0].split("+")

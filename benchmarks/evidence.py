@@ -47,7 +47,7 @@ from matchlens.evidence.baselines import BackboneMaps
 from matchlens.evidence.iou import THRESHOLDS, box_mask, iou_curve, mean_iou
 from matchlens.evidence.pairs import Pair, folder_images, label_free_pairs, load_small, paste, query_image
 from matchlens.evidence.train import TrainSettings, fit_tensors, pair_tensors, train_verifier
-from matchlens.io.official import load_dataset
+from matchlens.io.formats import load_dataset
 
 console = Console(width=160)
 RUNS = ("Base", "+HAR", "+HAR+PRF (avg)", "+HAR+PRF (max)")
@@ -106,7 +106,7 @@ def ranking_metrics(outcomes) -> dict[str, float]:
 def standard_retrieval(args, oxford, paths) -> dict[str, dict[str, dict[str, float]]]:
     """Per protocol (full, cropped) and run: mAP figures and seconds per verified pair."""
     from matchlens.evaluate.protocol import evaluate_index
-    from matchlens.index.index import open_index
+    from matchlens.pipeline import open_index
 
     index = open_index(args.index)
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -115,7 +115,7 @@ def standard_retrieval(args, oxford, paths) -> dict[str, dict[str, dict[str, flo
         for run in ("Global descriptor",) + RUNS:
             rerank = None if run == "Global descriptor" else chain(run, paths, args.k, args.prf_k)
             started = time.perf_counter()
-            evaluation = evaluate_index(index, oxford, protocol, rerank=rerank)
+            evaluation = evaluate_index(index.pipeline, oxford, protocol, rerank=rerank)
             seconds = time.perf_counter() - started
             figures = ranking_metrics(evaluation.outcomes)
             n_pairs = len(evaluation.outcomes) * (args.k if rerank else 0)

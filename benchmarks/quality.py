@@ -29,7 +29,7 @@ import torch
 from matchlens.config import DEFAULT_PRESET, MULTI_SCALES, PRESETS, PipelineSpec
 from matchlens.evaluate.metrics import average_precision, mean_average_precision, ns_score
 from matchlens.extract import Extractor, l2_normalize
-from matchlens.io.datasets import load_gt_json
+from matchlens.io.formats import load_gt_json
 from matchlens.whitening import PCAWhitening
 
 POOLINGS = {"mac": {}, "spoc": {}, "gem": {"p": 3.0}, "rmac": {"levels": 3}, "crow": {}}

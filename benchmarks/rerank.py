@@ -25,7 +25,7 @@ import numpy as np
 
 import matchlens
 from matchlens.evaluate.protocol import evaluate_index
-from matchlens.io.datasets import load_gt_json
+from matchlens.io.formats import load_gt_json
 from matchlens.rerank import QueryInput, Shortlist, chain_depth, parse_chain, run_chain
 
 CHAINS = [
@@ -47,14 +47,14 @@ def with_dba(index: matchlens.Index, on: bool) -> matchlens.Index:
     if bool(index.manifest.get("dba")) == on:
         return index
     new = index.set_dba(DBA if on else None)[0]
-    new._query_vectors = index._query_vectors  # query vectors do not depend on DBA: keep the memo
+    new.pipeline.encoder._memo = index.pipeline.encoder._memo  # query vectors do not depend on DBA: keep the memo
     return new
 
 
 def evaluate(index, dataset, protocol: str, chain: str) -> tuple[float, float]:
     """(mAP %, mean ms per query of the whole rank() call)."""
     t0 = time.perf_counter()
-    evaluation = evaluate_index(index, dataset, protocol, rerank=chain or None)
+    evaluation = evaluate_index(index.pipeline, dataset, protocol, rerank=chain or None)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(evaluation.outcomes))
     return evaluation.summary["mAP"], ms
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
@@ -61,7 +60,7 @@ def real_descriptors(data: Path, work: Path, source: Path | None) -> dict:
         return {"names": list(saved["names"]), "vectors": saved["vectors"]}
     import matchlens
     from matchlens.config import spec_from_preset
-    from matchlens.io.datasets import load_gt_json
+    from matchlens.io.formats import load_gt_json
 
     dataset = load_gt_json(data / "oxford5k_subset")
     paths = [str(dataset.image_path(n)) for n in dataset.images]
@@ -71,7 +70,7 @@ def real_descriptors(data: Path, work: Path, source: Path | None) -> dict:
     if index is None:
         print(f"computing the default-preset descriptors of {len(paths)} images (minutes) ...", flush=True)
         index = matchlens.build_index(paths, work / "oxford5k_subset")
-    raw = np.load(index._gen.path / "descriptors.npy", mmap_mode="r")  # raw: unaffected by DBA
+    raw = index.store.descriptors()  # raw: unaffected by DBA
     by_name = {Path(e.path).name: np.asarray(raw[e.row]) for e in index.entries if e.row is not None}
     names = [n for n in dataset.images if n in by_name]
     vectors = np.stack([by_name[n] for n in names]).astype(np.float32)
@@ -605,7 +604,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = [int(t) for t in args.threads.split(",")]
     extras: dict = {"load_start": os.getloadavg(), "argv": sys.argv}
     print(f"uptime load at start: {' '.join(f'{x:.2f}' for x in extras['load_start'])}; {os.cpu_count()} CPUs", flush=True)
-    from matchlens.io.datasets import load_gt_json
+    from matchlens.io.formats import load_gt_json
 
     dataset = load_gt_json(args.data / "oxford5k_subset")
     real = real_descriptors(args.data, args.work, args.descriptors)

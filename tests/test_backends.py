@@ -159,7 +159,7 @@ def scene_paths(tmp_path_factory, scenes_dir):
 def ann_index(index):
     import faiss
 
-    return faiss.read_index(str(index._gen.path / INDEX_FILE))
+    return faiss.read_index(str(index.store.path / INDEX_FILE))
 
 
 def centroids(index) -> np.ndarray:
@@ -173,7 +173,7 @@ def centroids(index) -> np.ndarray:
 def test_default_stays_exact_flat_and_writes_no_ann_file(built_index) -> None:
     entry = built_index.manifest["backend"]
     assert entry["name"] == "faiss" and entry["factory"] == "Flat" and entry["state"] == {"state": "exact"}
-    assert not (built_index._gen.path / INDEX_FILE).exists() and not built_index.approximate
+    assert not (built_index.store.path / INDEX_FILE).exists() and not built_index.approximate
     vectors = np.asarray(built_index.vectors())
     scores, rows = built_index.search_vectors(vectors, 3)
     np.testing.assert_array_equal(rows, exact_top(vectors, vectors, 3))
@@ -262,7 +262,7 @@ def test_switching_backend_on_an_existing_index(tmp_path, scene_paths, small_spe
     kept, _ = matchlens.Index.build(scenes, tmp_path / "i", small_spec)  # no backend given: keep HNSW
     assert kept.manifest["backend"]["factory"] == "HNSW8"
     flat, _ = matchlens.Index.build(scenes, tmp_path / "i", small_spec, backend=None)
-    assert flat.backend.exact and not (flat._gen.path / INDEX_FILE).exists()
+    assert flat.backend.exact and not (flat.store.path / INDEX_FILE).exists()
 
 
 def test_batched_search_equals_one_query_at_a_time(tmp_path, scene_paths, small_spec) -> None:
@@ -277,7 +277,7 @@ def test_batched_search_equals_one_query_at_a_time(tmp_path, scene_paths, small_
 
 
 def test_diffusion_and_dba_on_an_approximate_backend(tmp_path, scene_paths, small_spec, monkeypatch) -> None:
-    from matchlens.index.index import IndexContext
+    from matchlens.pipeline.context import IndexContext
     from matchlens.rerank import diffusion
 
     scenes, _ = scene_paths
@@ -288,9 +288,9 @@ def test_diffusion_and_dba_on_an_approximate_backend(tmp_path, scene_paths, smal
     shortlist = index.rank(scenes[2], depth=10, rerank="diffusion:k=10,knn=3")
     assert sorted(shortlist.rows.tolist()) == list(range(10))
     # the graph's neighbours came from the index's own (approximate) search, and it is stored
-    assert seen and seen[0] is not None and seen[0].__self__.index is index
+    assert seen and seen[0] is not None and seen[0].__self__.index is index.store
     assert list((tmp_path / "i" / "cache" / "diffusion").glob(f"{index.generation}-k3-*.npz"))
-    assert IndexContext(index).approximate
+    assert IndexContext(index.store).approximate
     # on 10 vectors the approximate search is exact, so diffusion must agree with the Flat index's
     flat, _ = matchlens.Index.build(scenes, tmp_path / "i", small_spec, backend=None)
     expected = flat.rank(scenes[2], depth=10, rerank="diffusion:k=10,knn=3")
@@ -322,13 +322,13 @@ def test_cli_backend_options_and_info(tmp_path, scenes_dir, capsys) -> None:
 
 def test_dba_beyond_the_exact_limit_finds_neighbours_with_the_backend(tmp_path, scene_paths, small_spec,
                                                                       monkeypatch) -> None:
-    from matchlens.index import index as index_module
-    from matchlens.rerank import dba
+    from matchlens.index import writer as writer_module
+    from matchlens.pipeline import build as dba  # the builder's own reference to dba_vectors
 
     scenes, _ = scene_paths
     index, _ = matchlens.Index.build(scenes, tmp_path / "i", small_spec, backend=make_backend("faiss", "HNSW8"))
     exact, _ = index.set_dba({"k": 3})
-    monkeypatch.setattr(index_module, "DBA_EXACT_MAX", 5)  # pretend 10 images are "many"
+    monkeypatch.setattr(writer_module, "SCRATCH_EXACT_MAX", 5)  # pretend 10 images are "many"
     seen = []
     real = dba.dba_vectors
     monkeypatch.setattr(dba, "dba_vectors", lambda *a, **kw: seen.append(kw.get("search")) or real(*a, **kw))

@@ -10,7 +10,7 @@ import pytest
 from matchlens.classic.base import Ragged
 from matchlens.classic.bow import BoW, idf_weights, soft_assignment_weights, term_frequencies, tfidf_vectors
 from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import LocalFeatures
+from matchlens.local.features import LocalFeatures
 
 
 def ragged(*codes: tuple[list[int], list[float]]) -> Ragged:

@@ -8,7 +8,7 @@ import pytest
 from matchlens.classic.codebook import Codebook, aggregate_residuals, train_codebook
 from matchlens.classic.features import FeatureParams, LocalFeatureStore, _pyramid_level, extract_dense_rootsift
 from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import FeatureCache, extract_rootsift
+from matchlens.local.features import FeatureCache, extract_rootsift
 from tests.conftest import make_scene
 
 

@@ -10,7 +10,7 @@ import pytest
 from matchlens.classic.base import Ragged
 from matchlens.classic.vlad import VLAD, DenseVLAD, residual_sums, vlad_vector
 from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import LocalFeatures
+from matchlens.local.features import LocalFeatures
 
 CENTROIDS = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
 DESCRIPTORS = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])

@@ -9,7 +9,7 @@ import matchlens
 from matchlens.errors import SourceError
 from matchlens.extract import Extractor
 from matchlens.extract.distributed import describe_files_dask
-from matchlens.index.index import Interrupted
+from matchlens.pipeline import Interrupted
 from tests.conftest import require_module, run_cli
 
 distributed = require_module("distributed")

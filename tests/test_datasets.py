@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from matchlens.errors import SourceError
-from matchlens.io.datasets import Dataset, Query, load_gt_json
+from matchlens.io.datasets import Dataset, Query
+from matchlens.io.formats import load_gt_json
 
 # The shared data lives beside the repository (../shared/data) and must never be copied into it.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

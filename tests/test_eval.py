@@ -12,7 +12,8 @@ import pytest
 
 import matchlens
 from matchlens.evaluate.protocol import query_metrics, select_queries
-from matchlens.io.datasets import Query, load_gt_json
+from matchlens.io.datasets import Query
+from matchlens.io.formats import load_gt_json
 from tests.conftest import SHARED_DATA, make_scene, run_cli
 
 CHECKER = SHARED_DATA.parent / "tools" / "map_from_search.py"

@@ -48,13 +48,13 @@ def test_search_rerank_indicative_and_explain_dir(capsys, verifier, built_index,
 
 
 def test_indicative_reranker_orders_by_verifier_and_supports_prf(verifier, built_index, scenes_dir):
-    from matchlens.index.index import IndexContext
+    from matchlens.pipeline.context import IndexContext
     from matchlens.rerank import QueryInput
 
     reranker = parse_chain(f"indicative:k=5,model={verifier},prf=max,prf_k=2")[0]
     query = Image.open(scenes_dir / "scene_01.jpg").convert("RGB")
     shortlist = Shortlist(np.arange(8), np.linspace(0.9, 0.2, 8))
-    new = reranker.rerank(QueryInput(vector=np.zeros(4, np.float32), image=query), shortlist, IndexContext(built_index))
+    new = reranker.rerank(QueryInput(vector=np.zeros(4, np.float32), image=query), shortlist, IndexContext(built_index.store))
     assert sorted(new.rows[:5].tolist()) == list(range(5)) and new.rows[5:].tolist() == [5, 6, 7]
     probs = [reranker.last_scores[r] for r in new.rows[:5].tolist()]
     assert probs == sorted(probs, reverse=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from matchlens.evidence.page import EvidenceRow, write_evidence_page
+from matchlens.explain.page import EvidenceRow, write_evidence_page
 from tests.conftest import make_scene, run_cli
 
 BOX = (20, 30, 340, 270)  # where the indexed scene lies in the composite query

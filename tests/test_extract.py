@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from matchlens.config import PRESETS, PipelineSpec, parse_params, parse_scales, spec_from_preset

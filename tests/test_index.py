@@ -193,7 +193,7 @@ def test_failed_write_leaves_previous_index_intact(tmp_path, scenes_dir, small_s
     assert (reopened.generation, reopened.size) == before[:2]
     np.testing.assert_array_equal(np.array(reopened.vectors()), before[2])
     assert not list(root.glob(".tmp-*"))
-    assert store.verify_checksums(reopened._gen) == []
+    assert reopened.store.verify() == []
     # The descriptor computed before the failure is kept: the retry does not recompute it.
     index, report = reopened.add([str(new)])
     assert index.size == 11 and report.computed == 0 and report.reused == 1
@@ -219,7 +219,7 @@ def test_reader_keeps_its_generation_while_a_writer_publishes(tmp_path, scenes_d
 
 
 def test_manifest_records_spec_counts_and_checksums(built_index):
-    manifest = json.loads((built_index._gen.path / "manifest.json").read_text())
+    manifest = json.loads((built_index.store.path / "manifest.json").read_text())
     assert manifest["format"] == "matchlens-index" and manifest["counts"] == {"indexed": 10, "skipped": 0}
     assert PipelineSpec.from_dict(manifest["spec"]).fingerprint() == built_index.spec.fingerprint()
     assert len(manifest["spec"]["weights_id"]) == 16
@@ -299,8 +299,17 @@ def test_backbone_from_a_weights_file_and_a_changed_file_is_refused(tmp_path, sc
     index = matchlens.build_index(scenes_dir, tmp_path / "i", spec=spec)
     assert index.dim == 512 and index.spec.weights_id and index.size == 10
     assert Path(index.search(scenes_dir / "scene_06.jpg", k=1)[0].path).name == "scene_06.jpg"
+    before = [(r.path, round(r.score, 5)) for r in index.search(scenes_dir / "scene_02.jpg", k=3)]
     torch.manual_seed(1)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)  # someone replaced the file
+    # Queries are described by the network the index was built with (its ONNX export in DIR/model),
+    # so search is unaffected; describing new images with the changed file is refused.
+    reopened = matchlens.open_index(tmp_path / "i")
+    assert [(r.path, round(r.score, 5)) for r in reopened.search(scenes_dir / "scene_02.jpg", k=3)] == before
+    make_scene(11).save(tmp_path / "extra.jpg")
+    with pytest.raises(matchlens.MatchlensError, match="weights .* changed"):
+        reopened.add([str(tmp_path / "extra.jpg")])
+    shutil.rmtree(tmp_path / "i" / "model")  # without its export the index needs the original weights file
     with pytest.raises(matchlens.MatchlensError, match="weights .* changed"):
         matchlens.open_index(tmp_path / "i").search(scenes_dir / "scene_06.jpg")
 

@@ -16,12 +16,13 @@ import pytest
 import scipy.io
 
 from matchlens.errors import SourceError
-from matchlens.io.datasets import Dataset, Query, load_gt_json
-from matchlens.io.official import (
+from matchlens.io.datasets import Dataset, Query
+from matchlens.io.formats import (
     DATASET_FORMATS,
     detect_format,
     load_dataset,
     load_gnd_file,
+    load_gt_json,
     load_holidays,
     load_instre,
     load_oxford_classic,

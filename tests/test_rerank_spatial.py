@@ -10,9 +10,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from matchlens.errors import ConfigError
+from matchlens.local.features import CACHE_KIND, FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.verify import count_inliers, inlier_mask, match_features, to_working_frame, verify_pair
 from matchlens.rerank import RERANKERS, QueryInput, Shortlist, parse_chain
 from matchlens.rerank import spatial
-from matchlens.rerank.local_features import FeatureCache, LocalFeatures, extract_rootsift, feature_key
 from matchlens.rerank.spatial import SpatialVerification
 
 TRUE_SEED, DISTRACTOR_SEEDS = 1, (2, 3, 4, 5)
@@ -111,6 +112,28 @@ def test_a_blank_image_has_no_features() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Pair verification (matchlens.local.verify)
+
+
+def test_verify_pair_separates_the_true_scene_from_a_distractor(query) -> None:
+    q = extract_rootsift(query.image)
+    true, other = extract_rootsift(textured_scene(TRUE_SEED)), extract_rootsift(textured_scene(DISTRACTOR_SEEDS[0]))
+    assert verify_pair(q, true) >= 12 > verify_pair(q, other)
+    src, dst = match_features(q, true, 0.8)
+    mask = inlier_mask(to_working_frame(src, q.size, 1024), to_working_frame(dst, true.size, 1024))
+    assert mask.dtype == bool and mask.shape == (len(src),)
+    assert count_inliers(src, dst, "homography", "magsac", 8.0) == verify_pair(q, true) == int(mask.sum())
+
+
+def test_too_few_matches_have_no_inliers() -> None:
+    points = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+    assert count_inliers(points, points, "homography", "magsac", 8.0) == 0
+    assert not inlier_mask(points, points).any() and inlier_mask(points, points).shape == (3,)
+    empty = LocalFeatures.empty((64, 48))
+    assert match_features(empty, empty, 0.8)[0].shape == (0, 2) and verify_pair(empty, empty) == 0
+
+
+# ------------------------------------------------------------------------------------------------
 # Feature cache
 
 
@@ -199,7 +222,7 @@ def test_a_corrupt_cache_file_is_recomputed(scene_files, query, tmp_path) -> Non
     ctx, shortlist = four_scene_case(scene_files, tmp_path)
     SpatialVerification(k=4).rerank(query, shortlist, ctx)
     sv = SpatialVerification(k=4)
-    path = FeatureCache(tmp_path / spatial.CACHE_KIND).path(ctx.image_sha256(3), sv._key)
+    path = FeatureCache(tmp_path / CACHE_KIND).path(ctx.image_sha256(3), sv._key)
     path.write_bytes(b"\x00 not an npz")
     assert sv.rerank(query, shortlist, ctx).rows[0] == 3
     assert (sv.cache.hits, sv.cache.misses) == (4, 1)

@@ -256,7 +256,7 @@ def test_explain_returns_an_evidence_overlay(client):
 
 
 def test_explain_pair_maps_lie_where_the_matches_are():
-    from matchlens.service.explain import THRESHOLD, explain_pair
+    from matchlens.evidence.local import THRESHOLD, explain_pair
 
     scene = make_scene(9)
     query = Image.new("RGB", (640, 300), (128, 128, 128))

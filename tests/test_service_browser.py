@@ -127,7 +127,7 @@ def test_search_with_a_box_and_see_the_evidence(page, server, tmp_path):
     assert "rerank" in page.text_content("#timings")
     for thumbnail in page.locator("#results img").all():
         thumbnail.scroll_into_view_if_needed()  # thumbnails load lazily
-        _wait_until(lambda: thumbnail.evaluate("img => img.complete && img.naturalWidth > 0"))
+        _wait_until(lambda thumbnail=thumbnail: thumbnail.evaluate("img => img.complete && img.naturalWidth > 0"))
     page.screenshot(path=str(ARTIFACTS / "serve-results.png"), full_page=True)
 
     first.click()

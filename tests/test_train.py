@@ -121,7 +121,7 @@ def test_train_validates_checkpoints_and_loads_with_weights(gt_dataset, tmp_path
     code, stdout, stderr = run_cli(capsys, "index", gt_dataset / "images", "-i", tmp_path / "idx",
                                    "--weights", result.best_checkpoint, "-q")
     assert code == 0, stderr
-    from matchlens.index.index import open_index
+    from matchlens.pipeline import open_index
     from matchlens.models.weights import read_matchlens_meta
 
     index = open_index(tmp_path / "idx")

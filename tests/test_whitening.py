@@ -171,7 +171,7 @@ def test_identity_only_normalises():
         w.transform(np.ones((1, 3)))
     assert IdentityWhitening().transform([[0, 2, 0]]).tolist() == [[0, 1, 0]]  # unfitted: any width
     with pytest.raises(ConfigError):
-        IdentityWhitening().output_dim
+        _ = IdentityWhitening().output_dim  # reading the property raises: unfitted, no width
 
 
 # --- registry and errors ------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from matchlens.config import PipelineSpec, spec_from_preset
-from matchlens.index.index import BuildReport, Index, ProgressFactory, SearchResult, open_index
+from matchlens.index import store
+from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import scan_many
+from matchlens.pipeline import KEEP, BuildReport, Index, SearchPipeline, SearchResult, open_index
 
 if TYPE_CHECKING:
     from matchlens.classic.kinds import KindInfo
@@ -54,8 +56,6 @@ def build_index_report(
     ``make_backend("milvus", "HNSW:M=16", uri="vectors.db")``); None keeps the index's current one
     (exact FAISS Flat for a new index). ``dask``: a Dask scheduler address whose workers extract.
     """
-    from matchlens.index.index import KEEP
-
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     paths = scan_many([str(s) for s in sources])
     return Index.build(paths, index_dir, spec or spec_from_preset(preset), rebuild=rebuild, progress=progress,
@@ -81,9 +81,7 @@ def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: s
     """One-shot search: open ``index_dir`` and rank it against ``query`` (path, bytes, PIL image or
     array), optionally re-ranked by a chain such as ``"sv:k=100,aqe:k=2"``. ``fuse``: rank by a
     stored descriptor kind (``"asmk"``) or a late fusion of kinds (``"cnn+asmk:ghm"``)."""
-    if fuse:
-        return fused_searcher(open_index(index_dir), fuse).search(query, box=box, k=k, rerank=rerank)
-    return open_index(index_dir).search(query, box=box, k=k, rerank=rerank)
+    return open_index(index_dir).searcher(fuse).search(query, box=box, k=k, rerank=rerank)
 
 
 def evaluate_dataset(
@@ -112,8 +110,7 @@ def evaluate_dataset(
     import tempfile
 
     from matchlens.evaluate.protocol import dataset_paths, default_protocol, evaluate_index
-    from matchlens.index import store
-    from matchlens.io.official import load_dataset
+    from matchlens.io.formats import load_dataset
 
     dataset = load_dataset(dataset_root, dataset_format, **(dataset_options or {}))
     protocols = list(protocols or [default_protocol(dataset)])
@@ -123,8 +120,8 @@ def evaluate_dataset(
             index = open_index(target)
         else:
             index = Index.build(dataset_paths(dataset), target, spec or spec_from_preset(preset), progress=progress)[0]
-        ranker = fused_searcher(index, fuse, progress, add_missing=True) if fuse else index
-        evaluations = [evaluate_index(ranker, dataset, p, progress=progress, rerank=rerank) for p in protocols]
+        searcher = fused_searcher(index, fuse, progress, add_missing=True) if fuse else index.pipeline
+        evaluations = [evaluate_index(searcher, dataset, p, progress=progress, rerank=rerank) for p in protocols]
     if report_dir:
         from matchlens.evaluate.report import write_report
 
@@ -150,7 +147,7 @@ def train_verifier(source, out, config=None, settings=None, pairs: int = 400, la
     """Train the indicative verifier on pairs from ``source`` — ground truth (gt.json or an official
     layout) or, for any folder, label-free views — and save it to ``out``.
     Returns ``(TrainResult, origin)``; see :mod:`matchlens.evidence`."""
-    from matchlens.evidence.workflows import train_from_source
+    from matchlens.explain.workflows import train_from_source
 
     return train_from_source(source, out, config, settings, pairs, label_free, dataset_format, limit, device, progress)
 
@@ -158,7 +155,7 @@ def train_verifier(source, out, config=None, settings=None, pairs: int = 400, la
 def explain(index_dir, query, result, model, box=None, out=None):
     """Score and explain ``result`` (file, row id or indexed name) for ``query`` with a verifier
     checkpoint; returns an :class:`matchlens.evidence.Explanation` (PNG written to ``out`` if given)."""
-    from matchlens.evidence.workflows import explain_result
+    from matchlens.explain.workflows import explain_result
 
     return explain_result(index_dir, query, result, model, box, out)
 
@@ -190,17 +187,17 @@ def list_kinds(index_dir: str | os.PathLike) -> list["KindInfo"]:
     return kinds(open_index(index_dir))
 
 
-def fused_searcher(index: Index, fuse: str, progress: ProgressFactory | None = None, add_missing: bool = False):
-    """A searcher ranking ``index`` by ``fuse`` (a kind, or a fusion like ``"cnn+asmk:ghm"``; see
-    :mod:`matchlens.fusion.search`); with ``add_missing``, kinds the index lacks are encoded first."""
+def fused_searcher(index: Index, fuse: str, progress: ProgressFactory | None = None,
+                   add_missing: bool = False) -> SearchPipeline:
+    """The search pipeline ranking ``index`` by ``fuse`` (a kind, or a fusion like ``"cnn+asmk:ghm"``;
+    see :mod:`matchlens.fusion.expression`); with ``add_missing``, kinds the index lacks are encoded first."""
     from matchlens.classic import encode_kind, kind_names
-    from matchlens.fusion import MultiKindSearcher, parse_fusion
+    from matchlens.fusion import parse_fusion
 
-    spec = parse_fusion(fuse)
     if add_missing:
-        for name in set(spec.kinds) - {"cnn", *kind_names(index)}:
-            encode_kind(index, name, progress=progress)
-    return MultiKindSearcher(index, spec, progress=progress)
+        for name in set(parse_fusion(fuse).kinds) - {"cnn", *kind_names(index.store)}:
+            encode_kind(index.store, name, progress=progress)
+    return index.searcher(fuse, progress)
 
 
 __all__ += ["encode", "fused_searcher", "list_kinds"]

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -80,19 +80,19 @@ def _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_
     return spec_from_preset(preset, **overrides)
 
 
-RERANK_HELP = ("Re-ranking chain, e.g. sv:k=100,aqe:k=2,diffusion (aqe, alpha_qe, kr, diffusion, sv, indicative; "
+RERANK_HELP = ("Re-ranking chain, e.g. sv:k=100,aqe:k=2,diffusion ({rerankers}; "
                "name:param=value, more params as ,param=value).")
 PresetOpt = typer.Option("default", "--preset", help="Named pipeline (see 'matchlens presets').")
 BackboneOpt = typer.Option(None, help="Backbone architecture, e.g. tf_efficientnet_lite0, resnet50, vgg16, timm:NAME.")
 WeightsOpt = typer.Option(None, help="Weights file (state dict, safetensors or cirtorch checkpoint).")
 MaxSideOpt = typer.Option(None, "--max-side", help="Longest image side at scale 1 (pixels).")
 ScalesOpt = typer.Option(None, help="Comma-separated scales, or 'ms' for 1,0.707,0.5.")
-PoolingOpt = typer.Option(None, help="mac | spoc | gem | rmac | crow.")
+PoolingOpt = typer.Option(None, help="{poolings}.")
 PoolingParamsOpt = typer.Option(None, "--pooling-params", help="e.g. p=3 for gem, levels=3 for rmac.")
-WhiteningOpt = typer.Option(None, help="none | pcaw | lw (learned by matchlens train; needs --weights CHECKPOINT).")
+WhiteningOpt = typer.Option(None, help="{whitenings} (lw: learned by matchlens train; needs --weights CHECKPOINT).")
 WhiteningParamsOpt = typer.Option(None, "--whitening-params", help="e.g. dim=256,power=0.5.")
 WhiteningSourceOpt = typer.Option(None, "--whitening-source", help="'collection' or a folder of other images.")
-RuntimeOpt = typer.Option(None, "--runtime", help="Inference runtime: auto | openvino | onnxruntime | pytorch "
+RuntimeOpt = typer.Option(None, "--runtime", help="Inference runtime: auto | {runtimes} "
                           "(default: $MATCHLENS_RUNTIME, else auto). Descriptors are the same with every runtime.")
 
 
@@ -115,7 +115,7 @@ def index(
     dba: Optional[str] = typer.Option(None, "--dba", help="Database-side augmentation, e.g. k=3 or k=3,alpha=3; 'off' to remove."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     runtime: Optional[str] = RuntimeOpt,
-    backend: Optional[str] = typer.Option(None, "--backend", help="Vector backend: faiss (default) | milvus."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Vector backend: {backends} (default: faiss)."),
     factory: Optional[str] = typer.Option(None, "--factory", help=(
         "faiss: a FAISS factory string, e.g. Flat (exact, default), IVF1024,PQ64 (compressed, re-ranked exactly), "
         "HNSW32; milvus: FLAT | IVF_FLAT:nlist=1024 | IVF_SQ8:nlist=1024 | HNSW:M=16,efConstruction=200.")),
@@ -208,18 +208,17 @@ def info(
     runtime: Optional[str] = RuntimeOpt,
 ) -> None:
     """Show an index's pipeline, counts and state (runtime: the one a search here would use)."""
-    from matchlens.api import open_index
     from matchlens.errors import IndexError_
-    from matchlens.extract.extractor import runtime_name
-    from matchlens.index import store
+    from matchlens.extract.light import query_runtime_name
+    from matchlens.index import VectorIndex
 
-    idx = open_index(index_dir)
-    bad = store.verify_checksums(idx._gen) if check else []
-    summary = {
+    idx = VectorIndex(index_dir)  # the store alone: info loads no network and no search pipeline
+    bad = idx.verify() if check else []
+    summary: dict[str, Any] = {
         "path": str(idx.root), "generation": idx.generation, "images": idx.size, "dba": idx.manifest.get("dba"),
         "skipped": len(idx.skipped()), "dim": idx.dim, "pipeline": idx.spec.describe(),
         "spec": idx.spec.to_dict(), "whitening": idx.manifest.get("whitening_state"),
-        "created": idx.manifest.get("created"), "runtime": runtime_name(runtime),
+        "created": idx.manifest.get("created"), "runtime": query_runtime_name(idx.spec, idx.model_dir(), runtime),
         "backend": _backend_summary(idx),
     }
     if skipped:
@@ -256,39 +255,93 @@ def _backend_summary(idx) -> str:
 @app.command()
 def search(
     index_dir: Path = typer.Argument(..., help="Index folder."),
-    query: str = typer.Argument(..., help="Query image file."),
+    query: Optional[str] = typer.Argument(None, help="Query image file (or give --queries)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Many queries with one model load: a folder (recursive) or a list file of image paths; prints one JSON line per query."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="With --queries: JSON object mapping query files (path or file name) to [x0,y0,x1,y1]."),
     box: Optional[str] = typer.Option(None, help="Query box x0,y0,x1,y1 in pixels of the (upright) query image."),
     k: int = typer.Option(20, "-k", "--top", help="Number of results.", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {rank, score, id, path}."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="One JSON line per query: query, results (rank, score, id, path), timings_ms."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Assert the index uses this preset's pipeline."),
     rerank: Optional[str] = typer.Option(None, "--rerank", help=RERANK_HELP),
     kind: Optional[str] = typer.Option(None, "--kind", help="Rank by one descriptor kind: cnn or a kind added by 'matchlens encode' (bow, vlad, densevlad, asmk)."),
     fuse: Optional[str] = typer.Option(None, "--fuse", help="Late fusion of descriptor kinds, e.g. cnn+asmk:ghm (see 'matchlens encode --help')."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Write an evidence PNG per result and index.html into this folder."),
     explain_model: Optional[Path] = typer.Option(None, "--explain-model", help="Verifier checkpoint for --explain (default: the indicative step's model; none: spatial-verification evidence)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (batch search)."),
     runtime: Optional[str] = RuntimeOpt,
 ) -> None:
-    """Rank the indexed images against a query image."""
-    from matchlens.api import open_index
+    """Rank the indexed images against a query image, or against every image of --queries."""
+    from matchlens.api import fused_searcher, open_index
     from matchlens.config import spec_from_preset
+    from matchlens.errors import ConfigError
     from matchlens.io.images import parse_box
+    from matchlens.pipeline.search import as_chain
 
+    if (query is None) == (queries is None):
+        raise ConfigError("give one query image or --queries FOLDER_OR_LIST, not both" if query else
+                          "give a query image or --queries FOLDER_OR_LIST")
+    if queries is not None and (box or explain_dir is not None or as_json):
+        raise ConfigError("--box, --explain and --json are for one query; with --queries use --boxes (output is JSON lines)")
+    if boxes is not None and queries is None:
+        raise ConfigError("--boxes goes with --queries; for one query use --box")
     idx = open_index(index_dir)
+    idx.check_spec(spec_from_preset(preset) if preset else None)
+    chain = as_chain(rerank)  # a bad chain fails before any model is loaded
+    fusion = _fusion_option(kind, fuse)
+    searcher = fused_searcher(idx, fusion) if fusion else idx.pipeline
     with _runtime(runtime):
-        results = _search_kinds(idx, Path(query).expanduser(), parse_box(box) if box else None, k,
-                                spec_from_preset(preset) if preset else None, rerank, _fusion_option(kind, fuse))
+        if queries is not None:
+            _batch_search(searcher, queries, boxes, k, chain, quiet)
+            return
+        assert query is not None  # exactly one of query and --queries was given (checked above)
+        parsed = parse_box(box) if box else None
+        answer = searcher.run(_query(Path(query).expanduser(), parsed), k, chain)
+    results = answer.results
     page = None
-    if explain_dir is not None:  # evidence overlays and their page (matchlens.evidence)
-        page = _write_explanations(query, parse_box(box) if box else None, results, explain_dir, explain_model, rerank)
-    if as_json:
+    if explain_dir is not None:  # evidence overlays and their page (matchlens.explain)
+        page = _write_explanations(query, parsed, results, explain_dir, explain_model, rerank)
+    if jsonl:
+        sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
+    elif as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
     else:
         table = Table("rank", "score", "path", title=f"{Path(query).name} in {idx.root.name} ({idx.size} images)")
         for r in results:
             table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
         out.print(table)
-    if page is not None:  # on stderr under --json, so stdout stays one JSON document
-        (err if as_json else out).print(f"evidence page: {page}", markup=False, highlight=False)
+    if page is not None:  # on stderr under --json, so stdout stays machine-readable
+        (err if as_json or jsonl else out).print(f"evidence page: {page}", markup=False, highlight=False)
+
+
+def _query(path: Path, box):
+    from matchlens.pipeline import Query
+
+    return Query(path, box, name=str(path))
+
+
+def _batch_search(searcher, source: Path, boxes: Optional[Path], k: int, chain, quiet: bool) -> None:
+    """One JSON line per query on stdout; a query that fails gets an ``error`` line and the run
+    goes on (exit status 2 at the end when any failed)."""
+    from matchlens.errors import MatchlensError, SourceError
+    from matchlens.pipeline import read_queries
+
+    items = read_queries(source, boxes)
+    failed = 0
+    with progress_factory(not quiet) as progress:
+        advance = progress(len(items), "queries") if progress else None
+        for item in items:
+            try:
+                line = searcher.run(item, k, chain).to_dict()
+            except MatchlensError as exc:
+                failed += 1
+                line = {"query": item.name, "error": str(exc)}
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            if advance:
+                advance(1)
+    if failed:
+        raise SourceError(f"{failed} of {len(items)} queries failed (see their 'error' lines)")
 
 
 @app.command("eval")
@@ -361,7 +414,7 @@ def train_command(
     backbone: str = typer.Option("tf_efficientnet_lite0", help="Backbone to fine-tune."),
     weights: Optional[str] = WeightsOpt,
     max_side: int = typer.Option(320, "--max-side", help="Training (and indexing) resolution, longest side."),
-    loss: str = typer.Option("contrastive", help="contrastive (margin 0.7) | triplet (margin 0.1)."),
+    loss: str = typer.Option("contrastive", help="{losses} (margins: contrastive 0.7, triplet 0.1)."),
     margin: Optional[float] = typer.Option(None, help="Loss margin (default per loss)."),
     negatives: int = typer.Option(5, help="Hard negatives per tuple."),
     tuples: int = typer.Option(50, help="Tuples per epoch (images per epoch with selfsup)."),
@@ -554,7 +607,7 @@ def explain(
 
 def _write_explanations(query: str, box, results, folder: Path, model: Optional[Path], rerank: Optional[str]) -> Path:
     """Evidence PNGs and index.html for ``results``; returns the page."""
-    from matchlens.evidence.workflows import explain_search, model_from_chain
+    from matchlens.explain.workflows import explain_search, model_from_chain
 
     with progress_factory(True) as progress:
         written = explain_search(query, [(r.path, r.score) for r in results], folder,
@@ -568,7 +621,7 @@ def _write_explanations(query: str, box, results, folder: Path, model: Optional[
 @app.command()
 def encode(
     index_dir: Path = typer.Argument(..., help="Index folder."),
-    kind: Optional[str] = typer.Option(None, "--kind", help="bow | vlad | densevlad | asmk; omit to update every stored kind."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="{encodings}; omit to update every stored kind."),
     name: Optional[str] = typer.Option(None, "--name", help="Store the kind under this name (default: the kind), e.g. bow16k."),
     params: Optional[str] = typer.Option(None, "--params", help="Encoding parameters, e.g. k=16384,soft=3 (bow), k=64,dim=256 (vlad), bits=128,alpha=3 (asmk)."),
     retrain: bool = typer.Option(False, "--retrain", help="Learn the codebook again: needed to change a stored kind's codebook or feature parameters (not dim/power/shrinkage, burstiness, alpha/tau/query_ma)."),
@@ -580,9 +633,9 @@ def encode(
     A fusion is KIND+KIND+... optionally weighted (KIND@0.7) and followed by :OPERATOR and :param=value,...
     where cnn is the index's own descriptor, e.g. cnn+asmk:ghm or cnn@0.7+bow@0.3:mean_power:gamma=0.5,depth=100.
 
-    Operators: ghm (gamma=0.5), mean_power (gamma=0.5), min_max (alpha=0.5), min, max, mean, round_robin. Each
+    Operators: {fusions}. Each
     kind's scores over the union of the kinds' top-depth shortlists (depth=100) are normalised first
-    (norm=minmax, or max, rank, none).
+    (norm: {normalisers}; default minmax).
     """
     from matchlens.api import encode as encode_api
     from matchlens.config import parse_params
@@ -631,23 +684,52 @@ def _fusion_option(kind: Optional[str], fuse: Optional[str]) -> Optional[str]:
     return kind or fuse
 
 
-def _search_kinds(idx, query, box, k, spec, rerank, fusion):
-    """Index.search, or the same through a kind or a fusion of kinds."""
-    if not fusion:
-        return idx.search(query, box=box, k=k, spec=spec, rerank=rerank)
-    from matchlens.api import fused_searcher
+def _fill_help(command, args: list[str]) -> None:
+    """Put the registries' names into the help texts of the subcommand whose --help is asked
+    for (only then: the families' modules need not be imported for anything else)."""
+    sub = next((command.commands[a] for a in args if a in getattr(command, "commands", {})), None)
+    if sub is None:
+        return
+    texts = [sub.help or ""] + [getattr(p, "help", None) or "" for p in sub.params]
+    wanted = {key for key in _FAMILIES if any("{" + key + "}" in t for t in texts)}
+    names = {key: _family(key).help_text() for key in wanted}
 
-    idx.check_spec(spec)
-    return fused_searcher(idx, fusion).search(query, box=box, k=k, rerank=rerank)
+    def fill(text: str) -> str:
+        for key, value in names.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+    sub.help = fill(sub.help) if sub.help else sub.help
+    for param in sub.params:
+        if getattr(param, "help", None):
+            param.help = fill(param.help)
 
 
-def _click_error() -> type[Exception]:
+_FAMILIES = {  # help placeholder → (module, registry): each registry is the only list of its names
+    "rerankers": ("matchlens.rerank", "RERANKERS"), "poolings": ("matchlens.pooling.specs", "POOLINGS"),
+    "whitenings": ("matchlens.whitening", "WHITENINGS"), "runtimes": ("matchlens.extract.runtime", "RUNTIMES"),
+    "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
+    "encodings": ("matchlens.classic", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
+    "normalisers": ("matchlens.fusion", "NORMALISERS"),
+}
+
+
+def _family(key: str):
+    """The registry behind a help placeholder."""
+    import importlib
+
+    module, attribute = _FAMILIES[key]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _click_error() -> type[Any]:
     """ClickException of the click that typer runs on (recent typer vendors its own)."""
     try:
-        from typer._click.exceptions import ClickException  # type: ignore[import-not-found]
+        from typer._click.exceptions import ClickException as VendoredClickException
     except ImportError:  # older typer: plain click
         from click.exceptions import ClickException
-    return ClickException
+        return ClickException
+    return VendoredClickException
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -656,6 +738,9 @@ def main(argv: list[str] | None = None) -> None:
 
     click_error = _click_error()
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in args:
+        _fill_help(command, args)
     try:
         code = command.main(args=argv, prog_name="matchlens", standalone_mode=False)
         if isinstance(code, int) and code:

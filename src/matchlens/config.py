@@ -18,8 +18,29 @@ from typing import Any, Mapping
 from matchlens.errors import ConfigError
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-POOLING_NAMES = ("mac", "spoc", "gem", "rmac", "crow")
-WHITENING_NAMES = ("none", "pcaw", "lw")  # lw: learned from pairs by `matchlens train`
+
+
+def _poolings():
+    """The pooling registry (torch-free; imported on first use so this module stays cheap)."""
+    from matchlens.pooling.specs import POOLINGS
+
+    return POOLINGS
+
+
+def _whitenings():
+    """The whitening registry (``lw``: learned from pairs by `matchlens train`)."""
+    from matchlens.whitening import WHITENINGS
+
+    return WHITENINGS
+
+
+def __getattr__(name: str) -> Any:
+    """``POOLING_NAMES`` / ``WHITENING_NAMES``: read from the registries (kept for old imports)."""
+    if name == "POOLING_NAMES":
+        return tuple(_poolings().names())
+    if name == "WHITENING_NAMES":
+        return tuple(_whitenings().names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -54,12 +75,9 @@ class PipelineSpec:
             raise ConfigError(f"max_side must be an integer from 32 to 4096, got {self.max_side!r}")
         if not self.scales or any(not (0.1 <= s <= 4.0) or math.isnan(s) for s in self.scales):
             raise ConfigError(f"scales must be non-empty, each from 0.1 to 4, got {self.scales}")
-        if self.pooling not in POOLING_NAMES:
-            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLING_NAMES)}")
-        if self.whitening not in WHITENING_NAMES:
-            raise ConfigError(
-                f"unknown whitening {self.whitening!r}; choose one of: {', '.join(WHITENING_NAMES)}"
-            )
+        for value, registry in ((self.pooling, _poolings()), (self.whitening, _whitenings())):
+            if value not in registry.names():  # exact (lower-case) names: the spec is hashed as written
+                raise ConfigError(f"unknown {registry.kind} {value!r}; choose one of: {registry.choices()}")
         if self.whitening == "lw" and not self.weights:
             raise ConfigError("whitening 'lw' needs --weights CHECKPOINT from 'matchlens train' (Lw is stored there)")
 

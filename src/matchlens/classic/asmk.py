@@ -26,15 +26,16 @@ number of features, ``bits``/8 + 4 bytes each.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData, number, positive_int
+from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData
 from matchlens.classic.bow import idf_weights
 from matchlens.classic.codebook import aggregate_residuals, train_codebook
+from matchlens.components import in_range, non_negative_float, non_negative_int, positive_int
 from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import DESCRIPTOR_DIM, LocalFeatures
+from matchlens.local.features import DESCRIPTOR_DIM, LocalFeatures
 
 __all__ = ["ASMK", "binary_codes", "hamming_similarity", "he_projection", "learn_thresholds", "selectivity"]
 
@@ -99,22 +100,21 @@ class ASMK(Encoding):
     ``max_keypoints``, ``max_side``.
     """
 
-    type_name = "asmk"
     search_params = frozenset({"alpha", "tau", "query_ma"})
-    defaults: dict[str, Any] = {"k": 65536, "niter": 10, "sample": 1_000_000, "seed": 0, "nprobe": 2, "bits": 128,
-                                "alpha": 3.0,
-                                "tau": 0.0, "query_ma": 1}
+    defaults: ClassVar[dict[str, Any]] = {"k": 65536, "niter": 10, "sample": 1_000_000, "seed": 0, "nprobe": 2, "bits": 128,
+                                          "alpha": 3.0,
+                                          "tau": 0.0, "query_ma": 1}
 
     def validate(self) -> None:
         super().validate()
         for key in ("k", "niter", "sample", "bits", "query_ma", "nprobe"):
-            positive_int(self.params, key, "asmk")
-        positive_int(self.params, "seed", "asmk", minimum=0)
+            self.check(key, positive_int)
+        self.check("seed", non_negative_int)
         if self.params["bits"] % 8 or self.params["bits"] > DESCRIPTOR_DIM:
-            raise ConfigError(f"asmk: bits must be a multiple of 8 and at most {DESCRIPTOR_DIM}, "
+            raise ConfigError(f"{self.label()}: bits must be a multiple of 8 and at most {DESCRIPTOR_DIM}, "
                               f"got {self.params['bits']}")
-        number(self.params, "alpha", "asmk", 0.0)
-        number(self.params, "tau", "asmk", -1.0, 1.0)
+        self.check("alpha", non_negative_float)
+        self.check("tau", in_range, -1.0, 1.0)
 
     def train(self, sample: np.ndarray, advance: Advance | None = None) -> dict[str, np.ndarray]:
         book = train_codebook(sample, self.params["k"], self.params["niter"], self.params["seed"], advance)

@@ -9,7 +9,6 @@ encodes the images it has not seen; search data is rebuilt from the codes, which
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
@@ -18,9 +17,10 @@ import numpy as np
 
 from matchlens.classic.codebook import DEFAULT_NPROBE, Codebook, codebook_steps
 from matchlens.classic.features import FeatureParams
+from matchlens.components import Component
 from matchlens.errors import ConfigError
+from matchlens.local.features import LocalFeatures
 from matchlens.registry import Registry
-from matchlens.rerank.local_features import LocalFeatures
 
 __all__ = ["Encoding", "ENCODINGS", "Ragged", "SearchData"]
 
@@ -67,26 +67,30 @@ class Ragged:
         return int(self.offsets.nbytes + sum(a.nbytes for a in self.arrays.values()))
 
 
-class Encoding(ABC):
-    """A descriptor kind built from local features. Subclasses set ``type_name``, ``defaults`` and
-    implement training, per-image encoding, search-data building and scoring."""
+class Encoding(Component, ABC):
+    """A descriptor kind built from local features. Subclasses set ``defaults`` (their registry
+    name comes from ``@ENCODINGS.register``) and implement training, per-image encoding,
+    search-data building and scoring. ``feature_defaults`` are accepted parameters too."""
 
-    type_name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}
+    kind: ClassVar[str] = "encoding"
     feature_defaults: ClassVar[dict[str, Any]] = {"max_keypoints": 2000, "max_side": 1024}
     # Parameters that only shape the search data or the query: changing them keeps model and codes.
     search_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **params: Any) -> None:
-        allowed = {**self.feature_defaults, **self.defaults}
-        unknown = set(params) - set(allowed)
-        if unknown:
-            raise ConfigError(f"encoding {self.type_name!r} has no parameter {', '.join(sorted(unknown))}; "
-                              f"valid: {', '.join(sorted(allowed))}")
-        self.params = {**allowed, **params}
         self.model: dict[str, np.ndarray] = {}
         self._codebook: Codebook | None = None
-        self.validate()
+        super().__init__(**params)
+
+    @classmethod
+    def parameter_defaults(cls) -> dict[str, Any]:
+        """The local-feature parameters, then the encoding's own."""
+        return {**cls.feature_defaults, **cls.defaults}
+
+    @property
+    def type_name(self) -> str:
+        """The registry name (what the stored kind records as its type)."""
+        return self.name
 
     # --- configuration ---------------------------------------------------------------------
     def validate(self) -> None:
@@ -129,7 +133,7 @@ class Encoding(ABC):
         """The visual words of the model (``model["centroids"]``), with their assignment index."""
         if self._codebook is None:
             if "centroids" not in self.model:
-                raise ConfigError(f"encoding {self.type_name!r} has no trained codebook")
+                raise ConfigError(f"{self.label()} has no trained codebook")
             self._codebook = Codebook(self.model["centroids"], self.model.get("coarse"), self.model.get("parents"),
                                       nprobe=int(self.params.get("nprobe", DEFAULT_NPROBE)))
         return self._codebook
@@ -162,17 +166,3 @@ class Encoding(ABC):
 
 
 ENCODINGS: Registry[type[Encoding]] = Registry("encoding")
-
-
-def positive_int(params: dict[str, Any], key: str, name: str, minimum: int = 1) -> int:
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def number(params: dict[str, Any], key: str, name: str, low: float = -math.inf, high: float = math.inf) -> float:
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigError(f"{name}: {key} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)

@@ -17,15 +17,15 @@ pairs, never N × K.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse
 
-from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData, number, positive_int
+from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData
 from matchlens.classic.codebook import train_codebook
-from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import LocalFeatures
+from matchlens.components import non_negative_float, non_negative_int, one_of, positive_int
+from matchlens.local.features import LocalFeatures
 
 __all__ = ["BoW", "idf_weights", "soft_assignment_weights", "term_frequencies", "tfidf_vectors"]
 
@@ -85,21 +85,18 @@ class BoW(Encoding):
     (``sqrt`` or ``none``); local features ``max_keypoints``, ``max_side``.
     """
 
-    type_name = "bow"
     search_params = frozenset({"burstiness"})
-    defaults: dict[str, Any] = {"k": 65536, "niter": 10, "sample": 1_000_000, "seed": 0, "nprobe": 2, "soft": 1,
-                                "sigma": 0.0,
-                                "burstiness": "sqrt"}
+    defaults: ClassVar[dict[str, Any]] = {"k": 65536, "niter": 10, "sample": 1_000_000, "seed": 0, "nprobe": 2, "soft": 1,
+                                          "sigma": 0.0,
+                                          "burstiness": "sqrt"}
 
     def validate(self) -> None:
         super().validate()
         for key in ("k", "niter", "sample", "soft", "nprobe"):
-            positive_int(self.params, key, "bow")
-        positive_int(self.params, "seed", "bow", minimum=0)
-        number(self.params, "sigma", "bow", 0.0)
-        if self.params["burstiness"] not in BURSTINESS:
-            raise ConfigError(f"bow: burstiness must be one of {', '.join(BURSTINESS)}, "
-                              f"got {self.params['burstiness']!r}")
+            self.check(key, positive_int)
+        self.check("seed", non_negative_int)
+        self.check("sigma", non_negative_float)
+        self.check("burstiness", one_of, BURSTINESS)
 
     def train(self, sample: np.ndarray, advance: Advance | None = None) -> dict[str, np.ndarray]:
         book = train_codebook(sample, self.params["k"], self.params["niter"], self.params["seed"], advance)

@@ -73,8 +73,9 @@ class Codebook:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a model stores of this codebook."""
-        out = {"centroids": self.centroids}
+        out: dict[str, np.ndarray] = {"centroids": self.centroids}
         if self.coarse is not None:
+            assert self.parents is not None  # coarse centroids come with the parents of the words
             out.update(coarse=self.coarse, parents=self.parents)
         return out
 
@@ -139,6 +140,8 @@ def _train(sample: np.ndarray, k: int, niter: int, seed: int, advance: Callable[
             centroids = _kmeans(sample, k, 1, seed, init=centroids)
             if advance:
                 advance(1)
+        if centroids is None:  # niter < 1: no k-means ran
+            raise ConfigError(f"k-means needs niter >= 1, got {niter!r}")
         return Codebook(centroids)
     return _two_level(sample, k, niter, seed, advance)
 
@@ -150,7 +153,9 @@ def _kmeans(x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | Non
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=1 << 30,
                           min_points_per_centroid=1)  # and no warning below 39 points per centroid
     kmeans.train(x, init_centroids=init)
-    return kmeans.centroids
+    centroids = kmeans.centroids
+    assert centroids is not None  # set by train()
+    return centroids
 
 
 def _two_level(sample: np.ndarray, k: int, niter: int, seed: int,

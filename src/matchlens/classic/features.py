@@ -2,7 +2,7 @@
 on disk with the index) or on a dense multi-scale grid (DenseVLAD; recomputed, never cached).
 
 Detected features live in the index's ``cache/local_features`` folder through
-:class:`~matchlens.rerank.local_features.FeatureCache`, stored as uint8 (128 bytes a descriptor),
+:class:`~matchlens.local.features.FeatureCache`, stored as uint8 (128 bytes a descriptor),
 keyed by image content hash and extraction parameters: a re-index, a new encoding or spatial
 verification with the same parameters reads them instead of running SIFT again.
 """
@@ -25,14 +25,12 @@ from PIL import Image
 
 from matchlens.errors import ConfigError, MatchlensError
 from matchlens.io.images import crop_to_box, load_image
-from matchlens.rerank.local_features import (FeatureCache, LocalFeatures, extract_rootsift, feature_key,
-                                             rootsift_from_sift)
+from matchlens.local.features import FeatureCache, LocalFeatures, extract_rootsift, feature_key, rootsift_from_sift
 
-__all__ = ["FeatureParams", "LocalFeatureStore", "extract_dense_rootsift", "CACHE_KIND"]
+__all__ = ["FeatureParams", "LocalFeatureStore", "extract_dense_rootsift"]
 
 log = logging.getLogger(__name__)
 
-CACHE_KIND = "local_features"  # the folder spatial verification uses too: both share entries
 _QUERY_MEMO_SIZE = 256
 
 
@@ -94,11 +92,11 @@ def extract_dense_rootsift(image: Image.Image, step: int = 8, sizes: Sequence[in
                  for size in sizes for x, y in points]
     if not keypoints:
         return LocalFeatures.empty((width, height))
-    keypoints, sift = cv2.SIFT_create().compute(gray, keypoints)
-    if sift is None or not keypoints:
+    described, sift = cv2.SIFT.create().compute(gray, keypoints)
+    if sift is None or not described:
         return LocalFeatures.empty((width, height))
     valid, rootsift = rootsift_from_sift(sift)
-    kept = [kp for kp, ok in zip(keypoints, valid) if ok]
+    kept = [kp for kp, ok in zip(described, valid) if ok]
     xy = np.array([kp.pt for kp in kept], np.float32).reshape(-1, 2) / factor
     scale = np.array([kp.size for kp in kept], np.float32) / factor
     return LocalFeatures(xy, scale, np.zeros(len(kept), np.float32), rootsift, (width, height))

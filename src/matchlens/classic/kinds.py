@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from matchlens.classic.base import ENCODINGS, Encoding, Ragged
-from matchlens.classic.features import CACHE_KIND, LocalFeatureStore
+from matchlens.classic.features import LocalFeatureStore
 from matchlens.errors import ConfigError, IndexError_
 from matchlens.index import store
-from matchlens.rerank.local_features import LocalFeatures
+from matchlens.local.features import CACHE_KIND, LocalFeatures
 
 __all__ = ["KindInfo", "OpenKind", "encode_kind", "kind_names", "list_kinds", "open_kind", "refresh_kind"]
 
@@ -143,7 +143,7 @@ def refresh_kind(index, name: str, progress: ProgressFactory | None = None) -> K
     """Bring kind ``name`` up to date with the index's current generation (incrementally)."""
     folder = _existing_folder(index, name)
     with _writer_lock(folder):
-        current = _read_current(folder)
+        current = _existing_current(folder)
         if not _up_to_date(current, index):
             _build(index, folder, current["model"], progress)
     return describe_kind(index, name)
@@ -164,7 +164,7 @@ def _train(index, folder: Path, encoding: Encoding, progress: ProgressFactory | 
                     encoding.type_name, len(sample), k, fitted)
         encoding.params["k"] = fitted
     advance = progress(encoding.train_steps(), f"{encoding.type_name} codebook (k-means)") if progress else None
-    arrays = encoding.train(sample, advance)
+    arrays: dict[str, Any] = encoding.train(sample, advance)
     name = f"model-{uuid.uuid4().hex[:12]}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
@@ -236,7 +236,7 @@ def _build(index, folder: Path, model_name: str, progress: ProgressFactory | Non
         for position, features in store.many([items[i] for i in todo], advance):
             feats = features if features is not None else LocalFeatures.empty((1, 1))
             fresh[todo[position]] = encoding.encode(feats)
-    codes = Ragged.pack([fresh[i] if i in fresh else previous[0].item(previous[1][sha])
+    codes = Ragged.pack([fresh[i] if i in fresh else _reused(previous[0], previous[1][sha])
                          for i, (sha, _) in enumerate(items)], encoding.code_template())
     data = encoding.build(codes)
     built = f"built-{index.generation}-{model_name[len('model-'):]}"
@@ -325,7 +325,7 @@ def open_kind(index, name: str, refresh: bool = True, progress: ProgressFactory 
     """Open kind ``name`` of ``index``, first bringing it up to date with the index's generation
     when ``refresh`` (otherwise a stale kind is a one-line error)."""
     folder = _existing_folder(index, name)
-    current = _read_current(folder)
+    current = _existing_current(folder)
     if not _up_to_date(current, index):
         if store.current_generation(Path(index.root)).path.name != index.generation:
             raise IndexError_(f"index '{index.root}' has changed since it was opened; open it again")
@@ -335,13 +335,13 @@ def open_kind(index, name: str, refresh: bool = True, progress: ProgressFactory 
         if not os.access(folder, os.W_OK):
             raise IndexError_(f"kind {name!r} of index '{index.root}' is out of date and the index is read-only")
         refresh_kind(index, name, progress)
-        current = _read_current(folder)
+        current = _existing_current(folder)
     return OpenKind(index, name, folder, current)
 
 
 def describe_kind(index, name: str) -> KindInfo:
     folder = _existing_folder(index, name)
-    current = _read_current(folder)
+    current = _existing_current(folder)
     kind = _read_json(folder / current["model"] / "kind.json")
     built = _read_json(folder / current["built"] / "built.json")
     images = max(int(built["images"]), 1)
@@ -419,6 +419,19 @@ def _read_current(folder: Path) -> dict[str, Any] | None:
     if not all(isinstance(current.get(k), str) for k in ("model", "built", "generation")):
         raise IndexError_(f"descriptor kind '{folder}' is corrupt: {CURRENT} is incomplete")
     return current
+
+
+def _existing_current(folder: Path) -> dict[str, Any]:
+    """The CURRENT record of a folder that :func:`_existing_folder` returned."""
+    current = _read_current(folder)
+    assert current is not None  # _existing_folder checked that the file exists
+    return current
+
+
+def _reused(codes: Ragged | None, position: int) -> dict[str, np.ndarray]:
+    """Code ``position`` of the previous build."""
+    assert codes is not None  # a position was found in the previous build, so it has codes
+    return codes.item(position)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -24,14 +24,14 @@ and L2-normalised (preset ``densevlad``: K = 128, α = 1).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData, number, positive_int
+from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData
 from matchlens.classic.codebook import aggregate_residuals, train_codebook
-from matchlens.errors import ConfigError
-from matchlens.rerank.local_features import DESCRIPTOR_DIM, LocalFeatures
+from matchlens.components import in_range, non_negative_int, one_of, positive_int
+from matchlens.local.features import DESCRIPTOR_DIM, LocalFeatures
 from matchlens.whitening import PCAWhitening
 
 __all__ = ["VLAD", "DenseVLAD", "residual_sums", "vlad_vector"]
@@ -71,23 +71,19 @@ class VLAD(Encoding):
     ``dense_sizes`` as ``16/24/32/40``).
     """
 
-    type_name = "vlad"
     search_params = frozenset({"dim", "power", "shrinkage"})
-    defaults: dict[str, Any] = {"k": 64, "niter": 20, "sample": 200_000, "seed": 0, "intra": 1, "alpha": 0.5,
-                                "dim": 128, "power": 0.25, "shrinkage": 0.0}
+    defaults: ClassVar[dict[str, Any]] = {"k": 64, "niter": 20, "sample": 200_000, "seed": 0, "intra": 1, "alpha": 0.5,
+                                          "dim": 128, "power": 0.25, "shrinkage": 0.0}
 
     def validate(self) -> None:
         super().validate()
         for key in ("k", "niter", "sample", "dim"):
-            positive_int(self.params, key, self.type_name)
-        positive_int(self.params, "seed", self.type_name, minimum=0)
-        number(self.params, "alpha", self.type_name, 0.0, 1.0)
-        number(self.params, "power", self.type_name, 0.0, 0.5)
-        number(self.params, "shrinkage", self.type_name, 0.0, 1.0)
-        if self.params["intra"] not in (0, 1, True, False):
-            raise ConfigError(f"{self.type_name}: intra must be 1 or 0, got {self.params['intra']!r}")
-        if self.params["alpha"] <= 0:
-            raise ConfigError(f"{self.type_name}: alpha must be > 0, got {self.params['alpha']!r}")
+            self.check(key, positive_int)
+        self.check("seed", non_negative_int)
+        self.check("alpha", in_range, 0.0, 1.0, low_open=True)
+        self.check("power", in_range, 0.0, 0.5)
+        self.check("shrinkage", in_range, 0.0, 1.0)
+        self.check("intra", one_of, (0, 1))  # 1/0 (True/False compare equal)
 
     def train(self, sample: np.ndarray, advance: Advance | None = None) -> dict[str, np.ndarray]:
         book = train_codebook(sample, self.params["k"], self.params["niter"], self.params["seed"], advance)
@@ -111,6 +107,7 @@ class VLAD(Encoding):
         if dim < 1:  # one image: nothing to learn a whitening from; plain L2 VLAD
             return {"vectors": raw}
         model = PCAWhitening(dim=dim, power=self.params["power"], shrinkage=self.params["shrinkage"]).fit(raw)
+        assert model.mean_ is not None and model.projection_ is not None  # set by fit()
         return {"vectors": model.transform(raw), "pca_mean": model.mean_.astype(np.float32),
                 "pca_projection": model.projection_.astype(np.float32)}
 
@@ -132,6 +129,5 @@ class DenseVLAD(VLAD):
     """DenseVLAD: RootSIFT on a dense multi-scale grid (step 8 px, patch sizes 16/24/32/40 at a
     working side of 640 px), K = 128, intra-normalisation without power normalisation, PCA-whitened."""
 
-    type_name = "densevlad"
-    feature_defaults: dict[str, Any] = {"max_side": 640, "dense": 1, "dense_step": 8, "dense_sizes": "16/24/32/40"}
-    defaults: dict[str, Any] = {**VLAD.defaults, "k": 128, "alpha": 1.0, "sample": 300_000}
+    feature_defaults: ClassVar[dict[str, Any]] = {"max_side": 640, "dense": 1, "dense_step": 8, "dense_sizes": "16/24/32/40"}
+    defaults: ClassVar[dict[str, Any]] = {**VLAD.defaults, "k": 128, "alpha": 1.0, "sample": 300_000}

@@ -56,7 +56,7 @@ def rotate(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     if rng.random() < 0.3:
         return img.transpose(Image.Transpose.ROTATE_90)
     angle = float(rng.uniform(10, 25) * rng.choice([-1, 1]))
-    return img.rotate(angle, resample=Image.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+    return img.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(128, 128, 128))
 
 
 def perspective(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -64,9 +64,9 @@ def perspective(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     import cv2
 
     w, h = img.size
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     jitter = rng.uniform(0, 0.18, size=(4, 2)) * [w, h]
-    dst = np.float32(src + jitter * [[1, 1], [-1, 1], [-1, -1], [1, -1]])
+    dst = (src + jitter * [[1, 1], [-1, 1], [-1, -1], [1, -1]]).astype(np.float32)
     matrix = cv2.getPerspectiveTransform(src, dst)
     warped = cv2.warpPerspective(np.asarray(img), matrix, (w, h), borderValue=(128, 128, 128))
     return Image.fromarray(warped)
@@ -75,7 +75,7 @@ def perspective(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 def jpeg(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Heavy JPEG recompression (quality 8-15) after a 0.6-0.8× downscale."""
     scale = rng.uniform(0.6, 0.8)
-    small = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.BILINEAR)
+    small = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=int(rng.integers(8, 16)))
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
@@ -122,7 +122,7 @@ def source_photos() -> dict[str, Image.Image]:
 def _fit(img: Image.Image) -> Image.Image:
     scale = MAX_SIDE / max(img.size)
     if scale < 1:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
     return img
 
 

@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 from matchlens.errors import SourceError
 from matchlens.evaluate import metrics
 from matchlens.evaluate.results import Evaluation, QueryOutcome
-from matchlens.index.index import Index
 from matchlens.io.datasets import Dataset, Query
+from matchlens.pipeline import Query as SearchQuery
+from matchlens.pipeline import SearchPipeline
 
 PROTOCOLS = ("cropped", "full")
 KS = (1, 5, 10)
@@ -40,7 +41,9 @@ def select_queries(dataset: Dataset, protocol: str) -> list[tuple[Query, tuple |
         raise SourceError(f"unknown query protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if protocol == "full":
         return [(q, None, "full image") for q in dataset.queries]
-    boxed = [(q, q.box, "cropped to box") for q in dataset.queries if q.box is not None]
+    boxed: list[tuple[Query, tuple | None, str]] = [
+        (q, q.box, "cropped to box") for q in dataset.queries if q.box is not None
+    ]
     if not boxed:
         raise SourceError(f"dataset {dataset.name} has no query boxes; use the 'full' protocol")
     return boxed
@@ -61,30 +64,31 @@ def protocol_label(dataset: Dataset, protocol: str) -> str:
 
 
 def evaluate_index(
-    index: Index,
+    searcher: SearchPipeline,
     dataset: Dataset,
     protocol: str | None = None,
     progress: Callable[[int, str], Callable[[int], None]] | None = None,
     rerank: str | None = None,
 ) -> Evaluation:
-    """Rank every query of ``dataset`` against ``index`` (re-ranked by the chain ``rerank``, e.g.
+    """Rank every query of ``dataset`` against the whole index through ``searcher`` (the search
+    pipeline ``matchlens search`` uses; re-ranked by the chain ``rerank``, e.g.
     ``"sv:k=100,aqe:k=2"``) and compute per-query and mean metrics."""
     protocol = protocol or default_protocol(dataset)
     chosen = select_queries(dataset, protocol)
-    names = _row_names(index, dataset)
+    names = _path_names(searcher, dataset)
     advance = progress(len(chosen), "queries") if progress else None
     ukbench_like = all(len(q.positives) == 3 and not q.junk and q.image not in q.positives for q, _, _ in chosen)
+    queries = (SearchQuery(dataset.image_path(q.image), box, name=q.image) for q, box, _ in chosen)
     outcomes = []
-    for query, box, label in chosen:
-        shortlist = index.rank(dataset.image_path(query.image), box, index.size, rerank)
-        ranking = [names[int(r)] for r in shortlist.rows]
-        outcomes.append(QueryOutcome(query, ranking, shortlist.scores.tolist(),
+    for (query, _, label), answer in zip(chosen, searcher.run_many(queries, searcher.index.size, rerank)):
+        ranking = [names[r.path] for r in answer.results]
+        outcomes.append(QueryOutcome(query, ranking, [r.score for r in answer.results],
                                      query_metrics(query, ranking, ns=ukbench_like), label))
         if advance:
             advance(1)
     return Evaluation(
         dataset=dataset.name, protocol=protocol_label(dataset, protocol),
-        pipeline=index.spec.describe() + (f" + rerank {rerank}" if rerank else ""),
+        pipeline=searcher.describe() + (f" + rerank {rerank}" if rerank else ""),
         image_root=str(dataset.image_dir), outcomes=outcomes, summary=summarise(outcomes), notes=list(NOTES),
     )
 
@@ -117,11 +121,13 @@ def summarise(outcomes: Sequence[QueryOutcome]) -> dict[str, float]:
     return summary
 
 
-def _row_names(index: Index, dataset: Dataset) -> list[str]:
-    """Dataset image name of every index row; images outside the dataset keep their path (distractors)."""
+def _path_names(searcher: SearchPipeline, dataset: Dataset) -> dict[str, str]:
+    """Dataset image name of every indexed path; images outside the dataset keep their path (distractors)."""
+    index = searcher.index
     by_path = {str(Path(dataset.image_path(n)).resolve()): n for n in dataset.images}
-    names = [by_path.get(index.entry_for_row(r).path, index.entry_for_row(r).path) for r in range(index.size)]
-    missing = set(dataset.images) - set(names)
+    paths = [index.entry_for_row(r).path for r in range(index.size)]
+    names = {p: by_path.get(p, p) for p in paths}
+    missing = set(dataset.images) - set(names.values())
     if missing:
         example = sorted(missing)[0]
         raise SourceError(

@@ -36,7 +36,7 @@ class BackboneMaps:
         """``(C, h, w)`` feature map, the image resized to ``side`` on its longest side."""
         scale = self.side / max(image.size)
         size = (max(32, round(image.width * scale)), max(32, round(image.height * scale)))
-        x = torch.from_numpy(np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), np.float32) / 255.0)
+        x = torch.from_numpy(np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0)
         x = (x.permute(2, 0, 1)[None] - self.mean) / self.std
         return self.backbone(x)[0]
 

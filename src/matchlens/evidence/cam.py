@@ -34,12 +34,14 @@ def to_grid(cam: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 def aggregate(features: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], rows: int, cols: int) -> torch.Tensor:
     """Eq. 3: the mean over layers of the max-normalised, rescaled Grad-CAMs → M ``(B, m, n, m, n)``."""
-    total = 0
+    total: torch.Tensor | int = 0
     for feature, grad in zip(features, grads):
         cam = to_grid(layer_gradcam(feature, grad), rows, cols)
         peak = cam.flatten(1).amax(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1, 1)
         total = total + cam / peak
-    return total / len(features)
+    mean = total / len(features)  # no layer: ZeroDivisionError here
+    assert isinstance(mean, torch.Tensor)  # at least one layer was added
+    return mean
 
 
 def contributions(evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

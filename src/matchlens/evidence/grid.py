@@ -20,7 +20,7 @@ def pixel_patches(images: Sequence[Image.Image], rows: int, cols: int, patch_px:
     ``rows*patch_px`` high.
     """
     size = (cols * patch_px, rows * patch_px)
-    batch = np.stack([np.asarray(im.convert("RGB").resize(size, Image.BILINEAR), np.float32) / 255.0
+    batch = np.stack([np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32) / 255.0
                       for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2)  # (B, 3, H, W)
     # unfold: (B, 3*p*p, rows*cols), patches enumerated row by row.
@@ -46,7 +46,7 @@ class BackbonePatches:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], rows: int, cols: int) -> torch.Tensor:
-        batch = np.stack([np.asarray(im.convert("RGB").resize((self.side, self.side), Image.BILINEAR), np.float32)
+        batch = np.stack([np.asarray(im.convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR), np.float32)
                           for im in images]) / 255.0
         x = (torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device) - self.mean) / self.std
         fmap = F.adaptive_avg_pool2d(self.backbone(x), (rows, cols))  # (B, C, rows, cols)

@@ -47,6 +47,8 @@ class HAR(nn.Module):
     map ``(B, C, m, n, m, n)`` it applies directly.
     """
 
+    coords: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, grid: tuple[int, int], init_sigma: float = 1.0) -> None:
         super().__init__()
         rows, cols = grid
@@ -72,5 +74,5 @@ class HAR(nn.Module):
         rows, cols = self.grid
         flat = mask.reshape(1, 1, rows * cols, rows * cols)
         if flat.shape[-2:] != x.shape[-2:]:
-            flat = F.adaptive_avg_pool2d(flat, x.shape[-2:])
+            flat = F.adaptive_avg_pool2d(flat, (x.shape[-2], x.shape[-1]))
         return x * flat

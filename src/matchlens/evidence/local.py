@@ -1,7 +1,7 @@
 """Spatial-verification evidence for one (query, result) pair, drawn side by side.
 
 It needs no trained model: RootSIFT matches that pass Lowe's ratio test, the inliers of a
-homography fitted with MAGSAC++ (as the sv reranker, :mod:`matchlens.rerank.spatial`), and on each
+homography fitted with MAGSAC++ (as the sv reranker, with :mod:`matchlens.local.verify`), and on each
 side a heatmap of inlier density. :func:`explain_pair` returns a :class:`PairEvidence` (a score and
 two contribution maps at image resolution, DESIGN.md's evidence contract) and the PNG of
 :func:`render_evidence`. The trained alternative is the indicative verifier
@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from matchlens.io.images import crop_to_box
-from matchlens.rerank.local_features import LocalFeatures, extract_rootsift
-from matchlens.rerank.spatial import match_features
+from matchlens.local.features import LocalFeatures, extract_rootsift
+from matchlens.local.verify import inlier_mask, match_features, to_working_frame
 
 MAX_KEYPOINTS = 1000  # the sv reranker's defaults, so its feature cache entries are reused
 MAX_SIDE = 1024
@@ -95,18 +95,8 @@ def local_feature_evidence(query: Image.Image, target: Image.Image, box: Sequenc
 def _inlier_mask(src: np.ndarray, dst: np.ndarray, src_size: tuple[int, int], dst_size: tuple[int, int]) -> np.ndarray:
     """Inliers of a MAGSAC++ homography, with the threshold in pixels of the working resolution
     (as the sv reranker measures it)."""
-    mask = np.zeros(len(src), bool)
-    if len(src) < 4:
-        return mask
-    a = src * np.float32(min(1.0, MAX_SIDE / max(src_size)))
-    b = dst * np.float32(min(1.0, MAX_SIDE / max(dst_size)))
-    try:
-        matrix, found = cv2.findHomography(a, b, cv2.USAC_MAGSAC, THRESHOLD, maxIters=2000, confidence=0.999)
-    except cv2.error:  # degenerate point sets
-        return mask
-    if matrix is None or found is None:
-        return mask
-    return found.ravel().astype(bool)
+    return inlier_mask(to_working_frame(src, src_size, MAX_SIDE), to_working_frame(dst, dst_size, MAX_SIDE),
+                       "homography", "magsac", THRESHOLD)
 
 
 def density_map(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -117,7 +107,7 @@ def density_map(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     # Work at most 256 px wide: the map is smooth, so a small grid and a resize lose nothing.
     factor = min(1.0, 256 / max(width, height))
     w, h = max(1, round(width * factor)), max(1, round(height * factor))
-    grid = np.zeros((h, w), np.float32)
+    grid: np.ndarray = np.zeros((h, w), np.float32)
     if len(points):
         xy = np.clip(np.round(points * factor).astype(int), 0, [w - 1, h - 1])
         np.add.at(grid, (xy[:, 1], xy[:, 0]), 1.0)
@@ -154,7 +144,7 @@ def _panel(image: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, float]:
     """The image scaled to the panel size with the heatmap blended on; returns (pixels, scale)."""
     factor = min(PANEL_HEIGHT / image.height, PANEL_MAX_WIDTH / image.width)
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), np.float32)
+    pixels = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32)
     heat = cv2.resize(heat.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     from matplotlib import colormaps
 
@@ -170,10 +160,10 @@ def _panel(image: Image.Image, heat: np.ndarray) -> tuple[np.ndarray, float]:
 def _draw_matches(canvas: np.ndarray, evidence: PairEvidence, fl: float, fr: float, x_right: int) -> None:
     """Lines between matched points, evenly subsampled to at most MAX_LINES, one hue each."""
     n = len(evidence.query_points)
-    picks = np.linspace(0, n - 1, min(n, MAX_LINES)).round().astype(int) if n else []
+    picks: np.ndarray | list[int] = np.linspace(0, n - 1, min(n, MAX_LINES)).round().astype(int) if n else []
     for i, j in enumerate(picks):
         hue = int(180 * i / max(1, len(picks)))
-        colour = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2RGB)[0, 0].tolist()
+        colour = cv2.cvtColor(np.array([[[hue, 220, 255]]], dtype=np.uint8), cv2.COLOR_HSV2RGB)[0, 0].tolist()
         a = (evidence.query_points[j] * fl).round().astype(int) + (0, CAPTION)
         b = (evidence.target_points[j] * fr).round().astype(int) + (x_right, CAPTION)
         cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), colour, 1, cv2.LINE_AA)

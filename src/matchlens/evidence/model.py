@@ -232,4 +232,4 @@ def _fit(image: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / max(image.size)
     if scale >= 1:
         return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)

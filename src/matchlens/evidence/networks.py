@@ -68,11 +68,12 @@ class Conv4d(nn.Module):
         b, c, m, n, p, q = x.shape
         pad = self.kernel // 2
         padded = F.pad(x, (0, 0, 0, 0, 0, 0, pad, pad))  # zero-pad the first spatial axis
-        out = 0
+        out: torch.Tensor | int = 0
         for offset, conv in enumerate(self.convs):
             # slice i+offset of the padded input feeds output slice i through kernel slice offset
             chunk = padded[:, :, offset:offset + m].permute(0, 2, 1, 3, 4, 5).reshape(b * m, c, n, p, q)
             out = out + conv(chunk)
+        assert isinstance(out, torch.Tensor)  # kernel >= 1, so at least one slice was added
         return out.reshape(b, m, -1, n, p, q).permute(0, 2, 1, 3, 4, 5)
 
 

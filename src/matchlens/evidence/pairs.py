@@ -1,6 +1,6 @@
 """Training pairs for the verifier: from ground truth, or with no labels from any folder.
 
-* Ground truth (gt.json or any official layout via :func:`matchlens.io.official.load_dataset`):
+* Ground truth (gt.json or any official layout via :func:`matchlens.io.formats.load_dataset`):
   a query (cropped to its box when it has one) with one of its positives = relevant; with an
   image that is neither positive nor junk = irrelevant.
 * Label-free (any folder): two altered views of one image = relevant; views of two different
@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from matchlens.errors import MatchlensError, SourceError
+from matchlens.io.collection import scan_many
+from matchlens.io.formats import detect_format, load_dataset
 from matchlens.io.images import load_image
 
 Box = tuple[int, int, int, int]
@@ -47,7 +49,7 @@ def shrink(image: Image.Image, side: int) -> Image.Image:
     scale = side / max(image.size)
     if scale >= 1:
         return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
 
 
 def random_view(image: Image.Image, rng: np.random.Generator, min_scale: float = 0.35) -> Image.Image:
@@ -58,7 +60,7 @@ def random_view(image: Image.Image, rng: np.random.Generator, min_scale: float =
     cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
     ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    view = image.crop((x0, y0, x0 + cw, y0 + ch)).rotate(float(rng.uniform(-8, 8)), Image.BILINEAR)
+    view = image.crop((x0, y0, x0 + cw, y0 + ch)).rotate(float(rng.uniform(-8, 8)), Image.Resampling.BILINEAR)
     view = ImageEnhance.Brightness(view).enhance(float(rng.uniform(0.75, 1.25)))
     return ImageEnhance.Contrast(view).enhance(float(rng.uniform(0.75, 1.25)))
 
@@ -76,7 +78,7 @@ def paste(obj: Image.Image, background: Image.Image, rng: np.random.Generator,
     oh = int(min(bh, max(4, round(obj.height * scale))))
     x0, y0 = int(rng.integers(0, bw - ow + 1)), int(rng.integers(0, bh - oh + 1))
     out = background.convert("RGB").copy()
-    out.paste(obj.convert("RGB").resize((ow, oh), Image.BILINEAR), (x0, y0))
+    out.paste(obj.convert("RGB").resize((ow, oh), Image.Resampling.BILINEAR), (x0, y0))
     return out, (x0, y0, x0 + ow, y0 + oh)
 
 
@@ -105,8 +107,6 @@ def label_free_pairs(images: Sequence[Image.Image], count: int, seed: int = 0,
 def folder_images(folder: str | os.PathLike, limit: int | None = None, seed: int = 0,
                   side: int = WORK_SIDE) -> list[Image.Image]:
     """Decode (up to ``limit``, a random sample) the readable images of a folder, recursively."""
-    from matchlens.io.collection import scan_many
-
     paths = list(scan_many([str(folder)]))
     if limit is not None and len(paths) > limit:
         rng = np.random.default_rng(seed)
@@ -162,8 +162,6 @@ def pairs_from_source(source: str | os.PathLike, count: int, seed: int = 0, labe
 
     Returns the pairs and a description of where they came from.
     """
-    from matchlens.io.official import detect_format, load_dataset
-
     root = Path(source).expanduser()
     if not root.exists():
         raise SourceError(f"training source {root} does not exist")

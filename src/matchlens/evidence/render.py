@@ -22,7 +22,7 @@ def side_by_side(query: Image.Image, query_map: np.ndarray, target: Image.Image,
     for image, heat in ((query, query_map), (target, target_map)):
         panel = overlay(image, heat, alpha)
         width = max(1, round(panel.width * height / panel.height))
-        panels.append(panel.resize((width, height), Image.BILINEAR))
+        panels.append(panel.resize((width, height), Image.Resampling.BILINEAR))
     caption = 22
     gap = 8
     canvas = Image.new("RGB", (panels[0].width + gap + panels[1].width, height + caption), "white")

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import MatchlensError, SourceError
 from matchlens.extract.extractor import Described
 
+if TYPE_CHECKING:
+    from matchlens.extract.extractor import Extractor
+
 BATCH = 16          # paths per task: large enough to hide scheduling overhead (~ms), small enough to balance
 IN_FLIGHT = 4       # tasks queued per worker thread: bounds driver memory on huge collections
 CONNECT_TIMEOUT = "10s"
 
-_WORKER_EXTRACTORS: dict[str, object] = {}  # per worker process: spec fingerprint -> Extractor
+_WORKER_EXTRACTORS: dict[str, Extractor] = {}  # per worker process: spec fingerprint -> Extractor
 
 
 def describe_batch(spec_dict: dict, paths: list[str]) -> list[Described]:

@@ -19,17 +19,43 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from matchlens.errors import ConfigError
-from matchlens.index.store import file_sha256
+from matchlens.fileio import write_text_atomic
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch
+    import torch
 
 OPSET = 17
 CACHE_ENV = "MATCHLENS_CACHE"
 KEEP_EXPORTS = 8
 _EXPORT_SIZE = (256, 320)  # H, W of the tracing input; any size works (H and W are dynamic axes)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def torch_version() -> str:
+    """The installed torch's version without its local part (``2.14.1``), without importing it
+    where it is not loaded yet."""
+    import sys
+
+    module = sys.modules.get("torch")
+    if module is not None:
+        return str(module.__version__).split("+")[0]
+    try:
+        from importlib.metadata import version
+
+        return version("torch").split("+")[0]
+    except Exception:  # not installed: no export can have been traced by it
+        return "none"
 
 
 def cache_root() -> Path:
@@ -45,8 +71,7 @@ def onnx_path(backbone: torch.nn.Module, cache_dir: str | os.PathLike | None = N
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "onnx"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", getattr(backbone, "name", type(backbone).__name__))
     weights = getattr(backbone, "weights_id", "") or _state_id(backbone)
-    torch_version = torch.__version__.split("+")[0]
-    return folder / f"{name}-{weights}-opset{OPSET}-torch{torch_version}.onnx"
+    return folder / f"{name}-{weights}-opset{OPSET}-torch{torch_version()}.onnx"
 
 
 def exported_model(backbone: torch.nn.Module, cache_dir: str | os.PathLike | None = None,
@@ -130,6 +155,8 @@ def _export(backbone: torch.nn.Module, path: Path) -> str:
 
 def _trace_to_onnx(backbone: torch.nn.Module, target: Path) -> None:
     """Trace with the TorchScript-based exporter (needs only ``onnx``; the dynamo one needs onnxscript)."""
+    import torch  # deferred: tracing needs PyTorch (the caller has a torch backbone, so it is loaded)
+
     device = next(backbone.parameters()).device
     dummy = torch.zeros(1, 3, *_EXPORT_SIZE, device=device)
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -166,15 +193,7 @@ def _sidecar(path: Path) -> Path:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    write_text_atomic(path, text)
 
 
 def _fsync(path: Path) -> None:

@@ -18,14 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import MatchlensError
-from matchlens.extract.runtime import Runtime, cpu_threads, open_runtime, runtime_name
-from matchlens.io.images import crop_to_box, load_image
+from matchlens.extract.preprocess import decode_side, load_for_spec, normaliser, scale_side, to_array
+from matchlens.extract.runtime import Runtime, cpu_threads, cuda_available, open_runtime, runtime_name
+from matchlens.io.images import load_image
+from matchlens.linalg import l2_normalize
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 ImageInput = "str | os.PathLike | bytes | Image.Image | np.ndarray"
 
@@ -44,15 +50,9 @@ class Described:
     error: str | None
 
 
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
-
-
 def default_device() -> str:
-    """``cuda`` where PyTorch sees a GPU, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``cuda`` where PyTorch sees a GPU, else ``cpu`` (without importing torch where no GPU can be)."""
+    return "cuda" if cuda_available() else "cpu"
 
 
 class Extractor:
@@ -66,8 +66,10 @@ class Extractor:
 
     def __init__(self, spec: PipelineSpec, threads: int | None = None, device: str | None = None,
                  runtime: str | None = None, cache_dir: str | os.PathLike | None = None) -> None:
-        from matchlens.models import load_backbone
-        from matchlens.pooling import make_pooling
+        import torch  # deferred: PyTorch (3 s to import) only when a torch extractor is built
+
+        from matchlens.models import load_backbone  # deferred: imports torch, timm and torchvision
+        from matchlens.pooling import make_pooling  # deferred: imports torch
 
         if threads:
             torch.set_num_threads(threads)
@@ -81,10 +83,8 @@ class Extractor:
         self._runtime: Runtime = open_runtime(self.backbone, runtime, threads or cpu_threads(), device, cache_dir)
         self.device = self._runtime.device
         self.pooling = make_pooling(spec.pooling, **spec.pooling_params).to(self.device)
-        mean = np.asarray(self.backbone.mean, dtype=np.float32)
-        std = np.asarray(self.backbone.std, dtype=np.float32)
         # (x / 255 - mean) / std as one multiply-add per pixel
-        self._scale, self._offset = 1.0 / (255.0 * std), -mean / std
+        self._scale, self._offset = normaliser(self.backbone.mean, self.backbone.std)
 
     @property
     def runtime(self) -> str:
@@ -108,9 +108,7 @@ class Extractor:
         A box is in the pixels of the full-size upright image, so a boxed query is decoded at full
         size (no JPEG draft shrinking, which would move the box) and cropped before resizing.
         """
-        if box is None:
-            return load_image(source, max_side=self._decode_side())
-        return crop_to_box(load_image(source), box)
+        return load_for_spec(self.spec, source, box)
 
     def describe(self, source, box: Sequence[float] | None = None) -> np.ndarray:
         """Raw descriptor (d,) of an image given as path, bytes, PIL image or array."""
@@ -121,6 +119,8 @@ class Extractor:
 
         ``parallel`` says several threads describe images at once (throughput, not latency).
         """
+        import torch  # deferred: loaded already by __init__; a local name for inference_mode
+
         total = np.zeros(self.dim, dtype=np.float64)
         for scale in self.spec.scales:
             fmap = self._runtime.forward(self._to_array(image, self._side(scale)), parallel)
@@ -134,25 +134,15 @@ class Extractor:
         return self._runtime.forward(self._to_array(image, self._side(scale))).cpu()
 
     def _side(self, scale: float) -> int:
-        return round(self.spec.max_side * scale)
+        return scale_side(self.spec, scale)
 
     def _decode_side(self) -> int:
-        # JPEG draft decoding may shrink huge files by 1/2..1/8 in the DCT; asking for twice the
-        # needed side keeps the final bicubic resize in charge, so a file and the same image given
-        # as pixels describe (almost) identically.
-        return 2 * round(self.spec.max_side * max(self.spec.scales))
+        return decode_side(self.spec)
 
     def _to_array(self, image: Image.Image, side: int) -> np.ndarray:
         """Resize so the longest side is ``side`` (aspect kept; no padding, no distortion); normalise
         into a (1, 3, h, w) float32 array."""
-        w, h = image.size
-        ratio = side / max(w, h)
-        size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
-        if size != image.size:
-            image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
-        pixels = np.asarray(image, dtype=np.float32)
-        pixels = pixels * self._scale + self._offset
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
+        return to_array(image, side, self._scale, self._offset)
 
     # --- many files ----------------------------------------------------------------------
     def describe_files(

@@ -37,13 +37,15 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, cast
 
 import numpy as np
-import torch
 
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch (3 s)
+    import torch
 
 RUNTIME_ENV = "MATCHLENS_RUNTIME"
 AUTO = "auto"
@@ -58,6 +60,57 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()``, without importing PyTorch where it cannot be true.
+
+    Importing torch costs about 3 s, so a process that has not imported it yet first checks
+    cheaply: a CPU-only torch build (its ``torch/version.py`` says ``cuda = None``), no NVIDIA
+    driver (``/proc/driver/nvidia``, ``/dev/nvidia*``) or ``CUDA_VISIBLE_DEVICES`` set empty or
+    to ``-1`` all mean no GPU. Only where a GPU may exist is torch imported to ask.
+    """
+    if "torch" not in sys.modules:
+        if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+            return False
+        if not _torch_build_has_cuda():
+            return False
+        if not (os.path.exists("/proc/driver/nvidia") or any(Path("/dev").glob("nvidia[0-9]*"))):
+            return False
+    import torch  # deferred: only where a GPU may exist (or torch is loaded already)
+
+    return bool(torch.cuda.is_available())
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_build_has_cuda() -> bool:
+    """Whether the installed torch was built with CUDA, read from its version file (no import)."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    for folder in spec.submodule_search_locations:
+        try:
+            text = (Path(folder) / "version.py").read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.replace(" ", "").startswith("cuda:") or line.replace(" ", "").startswith("cuda="):
+                value = line.split("=", 1)[-1].strip()
+                return value not in ("None", "'None'", '""', "''")
+    return True  # unknown layout: ask torch itself
+
+
+class _CpuDevice:
+    """``torch.device("cpu")``, made on first use so that defining the runtimes needs no torch;
+    an instance attribute (TorchRuntime's) shadows it."""
+
+    def __get__(self, obj: Any, owner: Any = None) -> "torch.device":
+        import torch  # deferred: only a caller that uses torch devices asks for one
+
+        return torch.device("cpu")
+
+
 class Runtime(ABC):
     """Runs a backbone: ``(1, 3, H, W)`` float32 normalised image → ``(1, C, h, w)`` feature map.
 
@@ -66,7 +119,7 @@ class Runtime(ABC):
     """
 
     name: ClassVar[str]
-    device: torch.device = torch.device("cpu")
+    device: "torch.device" = _CpuDevice()  # type: ignore[assignment]
     threads: int = 1
 
     @abstractmethod
@@ -95,6 +148,8 @@ class TorchRuntime(Runtime):
 
     def __init__(self, backbone: torch.nn.Module, threads: int, device: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
+        import torch  # deferred: the PyTorch runtime only
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.threads = threads
         self.backbone = backbone.to(self.device)
@@ -106,6 +161,8 @@ class TorchRuntime(Runtime):
         self._lock = threading.Lock()
 
     def forward(self, x: np.ndarray, parallel: bool = False) -> torch.Tensor:
+        import torch  # deferred: loaded already by __init__
+
         tensor = torch.from_numpy(x).to(self.device)
         if self._channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
@@ -122,7 +179,7 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
     def __init__(self, model: Path, threads: int) -> None:
-        import onnxruntime
+        import onnxruntime  # deferred: only when this runtime is chosen (0.2 s)
 
         self._ort = onnxruntime
         self.model, self.threads = model, threads
@@ -148,6 +205,8 @@ class OnnxRuntime(Runtime):
                 if self._stream is None:
                     self._stream = self._session(1)  # each caller's thread runs its own image
                 session = self._stream
+        import torch  # deferred: loaded already by the Extractor (the pooling is torch)
+
         return torch.from_numpy(session.run(None, {"image": x})[0])
 
 
@@ -177,6 +236,8 @@ class OpenVinoRuntime(Runtime):
         return self._modes[True].requests
 
     def forward(self, x: np.ndarray, parallel: bool = False) -> torch.Tensor:
+        import torch  # deferred: loaded already by the Extractor (the pooling is torch)
+
         return torch.from_numpy(self._modes[parallel].infer(x))
 
     def compile(self, hint: str, shape: tuple[int, ...] | None):
@@ -270,7 +331,7 @@ def _ov_core():
             # releasing the GIL: two threads reaching it first at the same time deadlock (8 of 12
             # runs of 4 threads in a fresh process hung). Doing it here, once, before any thread
             # runs an inference, avoids that (12 of 12 ran).
-            openvino.Tensor(np.zeros((1, 1), np.float32)).data
+            _ = openvino.Tensor(np.zeros((1, 1), np.float32)).data  # reading .data sets the bridge up
             _CORE = openvino.Core()
         return _CORE
 
@@ -287,9 +348,9 @@ def _import_openvino():
         return sys.modules["openvino"]
     blocked = "openvino.tools.ovc" not in sys.modules
     if blocked:
-        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # "from ... import" raises ImportError
+        sys.modules["openvino.tools.ovc"] = None  # "from ... import" raises ImportError
     try:
-        import openvino
+        import openvino  # deferred: only when this runtime is chosen (0.5 s)
     finally:
         if blocked and "openvino.tools.ovc" in sys.modules and sys.modules["openvino.tools.ovc"] is None:
             del sys.modules["openvino.tools.ovc"]
@@ -352,7 +413,7 @@ def auto_candidates(device: str | None = None) -> list[str]:
     """What ``auto`` tries, best first, on this machine (``device`` forces cpu or cuda): PyTorch on
     a GPU; else OpenVINO then ONNX Runtime where the CPU has AVX-512/AMX, ONNX Runtime then
     OpenVINO where it has not (measured, see :func:`cpu_has_wide_vectors`); PyTorch eager last."""
-    cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    cuda = cuda_available() if device is None else device.startswith("cuda")
     if cuda:
         return ["pytorch"]
     order = ("openvino", "onnxruntime") if cpu_has_wide_vectors() else ("onnxruntime", "openvino")
@@ -371,7 +432,7 @@ def describe_runtime(name: str, device: str = "cpu", threads: int | None = None)
     threads = threads or cpu_threads()
     if name == "pytorch":
         where = device if device != "cpu" else f"cpu, channels-last, {threads} threads"
-        return f"pytorch {torch.__version__.split('+')[0]} eager ({where})"
+        return f"pytorch {_version('torch').split('+')[0]} eager ({where})"
     version = _version(name)
     precision = f", {OpenVinoRuntime.PRECISION}" if name == "openvino" else ""
     return f"{name} {version} (cpu{precision}, {threads} threads)"
@@ -381,7 +442,7 @@ def runtime_name(name: str | None = None, device: str | None = None) -> str:
     """How ``matchlens info`` shows the runtime this process would use."""
     chosen = resolve_runtime(name, device)
     if chosen == "pytorch":
-        return describe_runtime(chosen, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return describe_runtime(chosen, device or ("cuda" if cuda_available() else "cpu"))
     return describe_runtime(chosen)
 
 
@@ -418,7 +479,8 @@ def load_runtime(name: str, backbone: torch.nn.Module, threads: int | None = Non
                           f"choose one of: {', '.join(runtime_choices())}")
     from matchlens.extract.export import exported_model
 
-    cls = RUNTIMES.get(name)
+    # Every runtime but "pytorch" is built from the exported model file: cls(model, threads).
+    cls = cast("Callable[[Path, int], Runtime]", RUNTIMES.get(name))
     path, digest = exported_model(backbone, cache_dir)
     key = (name, digest, threads)
     with _LOADED_LOCK:

@@ -17,12 +17,12 @@ similarity s_i (normalised to [0, 1], see :mod:`matchlens.fusion.normalise`) and
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from matchlens.components import Component, in_range, number, positive_float
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
 
@@ -39,25 +39,19 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     return w / w.sum()
 
 
-class Fusion(ABC):
-    """An operator with validated parameters: ``fuse(S, weights)`` with S of shape (descriptors, candidates)."""
+class Fusion(Component, ABC):
+    """An operator with validated parameters: ``fuse(S, weights)`` with S of shape (descriptors, candidates).
 
-    name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}
+    Every parameter is a finite number (checked for all operators); :meth:`validate` adds ranges.
+    """
+
+    kind: ClassVar[str] = "fusion"
 
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"fusion {self.name!r} has no parameter {', '.join(sorted(unknown))}; valid: {valid}")
-        self.params = {**self.defaults, **params}
-        for key, value in self.params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"fusion {self.name!r}: {key} must be a number, got {value!r}")
-        self.validate()
-
-    def validate(self) -> None:
-        """Range checks (override)."""
+        config = self.resolve(params)
+        for key, value in config.items():
+            number(value, f"{self.label()}: {key}")
+        super().__init__(**params)
 
     def fuse(self, scores: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
         """Fused score (m,) of candidates whose per-descriptor scores are the columns of ``scores`` (n, m)."""
@@ -70,27 +64,16 @@ class Fusion(ABC):
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         ...
 
-    def __repr__(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}:{args}" if args else self.name
-
 
 FUSIONS: Registry[type[Fusion]] = Registry("fusion operator")
 
 
-def _unit(params: dict[str, Any], key: str, name: str) -> None:
-    if not 0.0 <= params[key] <= 1.0:
-        raise ConfigError(f"fusion {name!r}: {key} must lie in [0, 1], got {params[key]}")
-
-
 @FUSIONS.register("ghm")
 class GeneralisedHarmonicMean(Fusion):
-    name = "ghm"
-    defaults = {"gamma": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {"gamma": 0.5}
 
     def validate(self) -> None:
-        if self.params["gamma"] <= 0:
-            raise ConfigError(f"fusion 'ghm': gamma must be > 0, got {self.params['gamma']}")
+        self.check("gamma", positive_float)
 
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         gamma = self.params["gamma"]
@@ -101,11 +84,10 @@ class GeneralisedHarmonicMean(Fusion):
 
 @FUSIONS.register("mean_power")
 class MeanAndPower(Fusion):
-    name = "mean_power"
-    defaults = {"gamma": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {"gamma": 0.5}
 
     def validate(self) -> None:
-        _unit(self.params, "gamma", self.name)
+        self.check("gamma", in_range, 0.0, 1.0)
 
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         gamma = self.params["gamma"]
@@ -115,11 +97,10 @@ class MeanAndPower(Fusion):
 
 @FUSIONS.register("min_max")
 class MinAndMax(Fusion):
-    name = "min_max"
-    defaults = {"alpha": 0.5}
+    defaults: ClassVar[dict[str, Any]] = {"alpha": 0.5}
 
     def validate(self) -> None:
-        _unit(self.params, "alpha", self.name)
+        self.check("alpha", in_range, 0.0, 1.0)
 
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         a = self.params["alpha"]
@@ -128,32 +109,24 @@ class MinAndMax(Fusion):
 
 @FUSIONS.register("min")
 class Minimum(Fusion):
-    name = "min"
-
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         return s.min(axis=0)
 
 
 @FUSIONS.register("max")
 class Maximum(Fusion):
-    name = "max"
-
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         return s.max(axis=0)
 
 
 @FUSIONS.register("mean")
 class Mean(Fusion):
-    name = "mean"
-
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         return (alpha[:, None] * s).sum(axis=0)
 
 
 @FUSIONS.register("round_robin")
 class RoundRobin(Fusion):
-    name = "round_robin"
-
     def _fuse(self, s: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         n, m = s.shape
         ranks = np.empty((n, m), np.int64)

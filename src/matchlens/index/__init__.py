@@ -1,5 +1,9 @@
-"""The on-disk index: manifest + vectors + metadata, atomic generations, exact FAISS search."""
+"""The vector store: atomic generations of vectors + metadata, searched through a backend.
 
-from matchlens.index.index import BuildReport, Index, Interrupted, SearchResult, open_index
+It stores and searches vectors only; extraction, whitening, augmentation and re-ranking sit
+above it, in :mod:`matchlens.pipeline`.
+"""
 
-__all__ = ["BuildReport", "Index", "Interrupted", "SearchResult", "open_index"]
+from matchlens.index.vectors import VectorIndex
+
+__all__ = ["VectorIndex"]

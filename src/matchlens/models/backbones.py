@@ -107,7 +107,8 @@ class Backbone(nn.Module):
         """Return ImageNet logits; only backbones that kept their trained classifier have them."""
         if not self.has_classifier:
             raise NotImplementedError(f"backbone {self.name!r} has no trained classifier")
-        return self.body.logits(x)
+        body: Any = self.body  # a _TimmFeatures: the only body that keeps a classifier
+        return body.logits(x)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, out_channels={self.out_channels}, weights_id={self.weights_id}"
@@ -120,6 +121,8 @@ def _triple(values: Any) -> Triple:
 
 class _TimmFeatures(nn.Module):
     """A timm model seen through ``forward_features`` (and ``forward_head`` for logits)."""
+
+    model: Any  # a timm model: forward_features and forward_head are not nn.Module methods
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -292,7 +295,7 @@ def _cached_weights_id(path: Path, size: int, mtime_ns: int) -> str:
 
 @BACKBONES.register(EMBEDDED_NAME)
 def _embedded_backbone(checkpoint: _Checkpoint | None) -> Backbone:
-    model = timm.create_model(EMBEDDED_NAME, pretrained=False)
+    model: Any = timm.create_model(EMBEDDED_NAME, pretrained=False)  # timm attributes: pretrained_cfg, num_features
     if checkpoint is None:
         path = _embedded_weights_path()
         if not path.is_file():
@@ -436,7 +439,7 @@ def _timm_backbone(arch: str, checkpoint: _Checkpoint | None) -> Backbone:
     name = f"{TIMM_PREFIX}{arch}"
     if checkpoint is None:
         raise _needs_weights(name)
-    model = timm.create_model(arch, pretrained=False)
+    model: Any = timm.create_model(arch, pretrained=False)  # timm attributes: pretrained_cfg, num_features
     cfg = model.pretrained_cfg or {}
     state = extract_state_dict(checkpoint.content, checkpoint.path)
     load_checked(model, state, checkpoint.path, name, _is_classifier_key(_timm_head_prefixes(cfg)))

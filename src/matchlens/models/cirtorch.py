@@ -162,7 +162,7 @@ def _triple(
         raise WeightsError(
             f"cirtorch checkpoint {path} has meta['{what}'] = {value!r}; expected 3 numbers"
         )
-    return items  # type: ignore[return-value]  # length checked above
+    return items  # length checked above
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -247,5 +247,6 @@ def checkpoint_spec_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Pipeline-spec fields a training checkpoint was trained and validated with ({} for other files):
     a fine-tuned network is only right with its own input size and pooling (e.g. its learned GeM p)."""
     meta = read_matchlens_meta(path) or {}
-    spec = meta.get("spec") if isinstance(meta.get("spec"), Mapping) else {}
+    found = meta.get("spec")
+    spec: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     return {key: spec[key] for key in _SPEC_FIELDS if key in spec}

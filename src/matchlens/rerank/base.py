@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from matchlens.components import Component
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
 
@@ -79,23 +80,15 @@ class RerankContext(Protocol):
         """Name of the index generation (caches derived from the vectors are keyed by it)."""
 
 
-class Reranker(ABC):
-    """Base class: validated parameters, a name, and :meth:`rerank`."""
+class Reranker(Component, ABC):
+    """Base class: validated parameters (:class:`~matchlens.components.Component`) and :meth:`rerank`.
 
-    name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}
+    A new reranker is one module in ``matchlens/rerank/``: the package imports all of its modules,
+    so ``@RERANKERS.register("name")`` there is all it takes (see docs/extending.md).
+    """
+
+    kind: ClassVar[str] = "reranker"
     needs_image: ClassVar[bool] = False  # True when rerank() reads QueryInput.image (local features)
-
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"reranker {self.name!r} has no parameter {', '.join(sorted(unknown))}; valid: {valid}")
-        self.config = {**self.defaults, **params}
-        self.validate()
-
-    def validate(self) -> None:
-        """Check ``self.config``; raise ConfigError with a one-line message (override)."""
 
     @property
     def depth(self) -> int:
@@ -106,23 +99,8 @@ class Reranker(ABC):
     def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
         """Return the new shortlist (may be longer or shorter than the input)."""
 
-    def params(self) -> dict[str, Any]:
-        """JSON-serialisable configuration."""
-        return dict(self.config)
-
-    def __repr__(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.config.items())
-        return f"{self.name}:{args}" if args else self.name
-
 
 RERANKERS: Registry[type[Reranker]] = Registry("reranker")
-
-
-def positive_int(config: dict[str, Any], key: str, name: str) -> None:
-    """ConfigError unless ``config[key]`` is an integer >= 1."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name}: {key} must be an integer >= 1, got {value!r}")
 
 
 def parse_chain(text: str | None) -> list[Reranker]:

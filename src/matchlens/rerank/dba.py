@@ -16,33 +16,32 @@ memory stays O(N·d + batch·k·d) and no N×N matrix is ever built.
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, ClassVar
 
-import faiss
 import numpy as np
 
-from matchlens.errors import ConfigError
+from matchlens.components import Component, optional, positive_float, positive_int
 
-__all__ = ["DBA_DEFAULTS", "dba_vectors", "validate_dba_params"]
+__all__ = ["DBAParams", "DBA_DEFAULTS", "dba_vectors", "validate_dba_params"]
 
-DBA_DEFAULTS: dict[str, Any] = {"k": 3, "alpha": None}
+
+class DBAParams(Component):
+    """DBA's parameters: ``k`` neighbours (an integer >= 1), ``alpha`` (None: linear weights, or a number > 0)."""
+
+    kind: ClassVar[str] = "dba"
+    defaults: ClassVar[dict[str, Any]] = {"k": 3, "alpha": None}
+
+    def validate(self) -> None:
+        self.check("k", positive_int)
+        self.check("alpha", optional, positive_float)
+
+
+DBA_DEFAULTS: dict[str, Any] = DBAParams.defaults
 
 
 def validate_dba_params(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` over :data:`DBA_DEFAULTS`, checked: k an integer >= 1, alpha None or a number > 0."""
-    unknown = set(params) - set(DBA_DEFAULTS)
-    if unknown:
-        valid = ", ".join(sorted(DBA_DEFAULTS))
-        raise ConfigError(f"dba has no parameter {', '.join(sorted(unknown))}; valid: {valid}")
-    config = {**DBA_DEFAULTS, **params}
-    k, alpha = config["k"], config["alpha"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"dba: k must be an integer >= 1, got {k!r}")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
-                              or not math.isfinite(alpha) or alpha <= 0):
-        raise ConfigError(f"dba: alpha must be None (linear weights) or a number > 0, got {alpha!r}")
-    return config
+    return DBAParams(**params).params()
 
 
 def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, batch: int = 4096,
@@ -53,8 +52,7 @@ def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, bat
     query (an approximate index at scale, where exact neighbours of every row cost O(N²·d));
     default: exact FAISS ``IndexFlatIP``."""
     validate_dba_params({"k": k, "alpha": alpha})
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"dba: batch must be an integer >= 1, got {batch!r}")
+    positive_int(batch, "dba: batch")
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"dba needs an (N, d) array, got shape {x.shape}")
@@ -62,6 +60,8 @@ def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, bat
     if len(x) == 0:
         return out
     if search is None:
+        import faiss  # deferred: importing the rerank package must not load FAISS
+
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         search = index.search

@@ -19,19 +19,19 @@ independent of N.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.linalg import cg
 
-from matchlens.errors import ConfigError
-from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+from matchlens.components import in_range, positive_float, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = ["Diffusion", "build_knn_graph", "diffuse", "graph_for", "induced_subgraph", "load_graph", "save_graph"]
 
@@ -48,6 +48,7 @@ def build_knn_graph(vectors: np.ndarray, k: int = 50, gamma: float = 3.0, batch:
     ``search``: an index's own ``(queries, k) -> (scores, rows)`` (an approximate backend at
     scale, where exact kNN of every vector would cost O(N²·d)); rows -1 (not found) are dropped.
     """
+    import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
     x = vectors if search is not None else np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
     kk = min(int(k), n - 1)
@@ -100,6 +101,7 @@ def _affinity(sims: np.ndarray, gamma: float) -> np.ndarray:
 
 def save_graph(path: str | os.PathLike, graph: sp.spmatrix) -> None:
     """Write ``graph`` to ``path`` (npz) atomically: readers see the old file or the whole new one."""
+    import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
     os.close(fd)
@@ -114,6 +116,7 @@ def save_graph(path: str | os.PathLike, graph: sp.spmatrix) -> None:
 
 def load_graph(path: str | os.PathLike) -> sp.csr_matrix:
     """Read a graph written by :func:`save_graph`."""
+    import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
     return sp.csr_matrix(sp.load_npz(Path(path)))
 
 
@@ -157,6 +160,7 @@ def induced_subgraph(graph: sp.csr_matrix, nodes: np.ndarray) -> sp.csr_matrix:
     Computed from the selected rows' edges only: scipy's column fancy-indexing allocates an array
     as long as the collection, which would make each query cost O(N).
     """
+    import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
     nodes = np.asarray(nodes, dtype=np.int64)
     m = len(nodes)
     rows = graph[nodes]
@@ -173,17 +177,19 @@ def diffuse(graph: sp.csr_matrix, y: np.ndarray, alpha: float, iterations: int, 
 
     Isolated nodes (degree 0) get no normalisation (their row of S is empty), so their ``f`` is ``y``.
     """
+    import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
+    from scipy.sparse.linalg import cg  # deferred: as above
     w = sp.csr_matrix(graph, dtype=np.float64)
     degrees = np.asarray(w.sum(axis=1)).ravel()
     inv_sqrt = np.zeros_like(degrees)
     np.divide(1.0, np.sqrt(degrees), out=inv_sqrt, where=degrees > 0)
     d = sp.diags(inv_sqrt)
     system = sp.identity(w.shape[0], format="csr") - alpha * (d @ w @ d)
-    f, _ = cg(system, np.asarray(y, dtype=np.float64), maxiter=iterations, **_cg_tolerance(tol))
+    f, _ = cg(system, np.asarray(y, dtype=np.float64), maxiter=iterations, **_cg_tolerance(cg, tol))
     return f  # not converged within ``iterations`` is the intended truncation, not an error
 
 
-def _cg_tolerance(tol: float) -> dict[str, float]:
+def _cg_tolerance(cg: Any, tol: float) -> dict[str, float]:
     """The relative-tolerance keyword of this scipy's ``cg`` (``tol`` became ``rtol`` in 1.12)."""
     key = "rtol" if "rtol" in inspect.signature(cg).parameters else "tol"
     return {key: tol, "atol": 0.0}
@@ -200,8 +206,7 @@ class Diffusion(Reranker):
     non-increasing.
     """
 
-    name = "diffusion"
-    defaults = {"k": 1000, "knn": 50, "gamma": 3.0, "alpha": 0.99, "query_knn": 10, "iterations": 20,
+    defaults: ClassVar[dict[str, Any]] = {"k": 1000, "knn": 50, "gamma": 3.0, "alpha": 0.99, "query_knn": 10, "iterations": 20,
                 "tol": 1e-6}
 
     def __init__(self, **params: Any) -> None:
@@ -212,14 +217,9 @@ class Diffusion(Reranker):
     def validate(self) -> None:
         """Integers >= 1; gamma and tol finite and > 0; alpha strictly between 0 and 1."""
         for key in ("k", "knn", "query_knn", "iterations"):
-            positive_int(self.config, key, self.name)
-        gamma, alpha, tol = (_real(self.config, key, self.name) for key in ("gamma", "alpha", "tol"))
-        if gamma <= 0:
-            raise ConfigError(f"{self.name}: gamma must be > 0, got {gamma!r}")
-        if not 0 < alpha < 1:
-            raise ConfigError(f"{self.name}: alpha must be strictly between 0 and 1, got {alpha!r}")
-        if tol <= 0:
-            raise ConfigError(f"{self.name}: tol must be > 0, got {tol!r}")
+            self.check(key, positive_int)
+        gamma, tol = self.check("gamma", positive_float), self.check("tol", positive_float)
+        alpha = self.check("alpha", in_range, 0.0, 1.0, low_open=True, high_open=True)
         # Floats, so that gamma=3 and gamma=3.0 share one cached graph.
         self.config.update(gamma=gamma, alpha=alpha, tol=tol)
 
@@ -259,10 +259,3 @@ class Diffusion(Reranker):
             self._graph = (key, graph_for(ctx, self.config["knn"], self.config["gamma"]))
         return self._graph[1]
 
-
-def _real(config: dict[str, Any], key: str, name: str) -> float:
-    """``config[key]`` as a finite float, else ConfigError."""
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name}: {key} must be a finite number, got {value!r}")
-    return float(value)

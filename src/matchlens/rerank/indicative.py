@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 from matchlens.errors import ConfigError, MatchlensError
-from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+from matchlens.components import in_range, one_of, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
 __all__ = ["IndicativeReranker"]
 
@@ -41,7 +42,6 @@ class IndicativeReranker(Reranker):
     ``last_query_mask`` holds the PRF mask on the grid (None without PRF).
     """
 
-    name = "indicative"
     needs_image = True
     defaults = {"k": 20, "model": "", "prf": "none", "prf_k": 3, "floor": 0.2, "side": 256}
 
@@ -53,17 +53,14 @@ class IndicativeReranker(Reranker):
     def validate(self) -> None:
         """One-line ConfigError for any parameter out of range."""
         for key in ("k", "prf_k", "side"):
-            positive_int(self.config, key, self.name)
+            self.check(key, positive_int)
         model = self.config["model"]
         if not isinstance(model, str) or not model:
             raise ConfigError("indicative: model=PATH is required (a checkpoint from 'matchlens train-verifier')")
         if not Path(model).expanduser().is_file():
             raise ConfigError(f"indicative: model {model} does not exist")
-        if self.config["prf"] not in _PRF:
-            raise ConfigError(f"indicative: prf must be one of {', '.join(_PRF)}, got {self.config['prf']!r}")
-        floor = self.config["floor"]
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-            raise ConfigError(f"indicative: floor must be a number in [0, 1], got {floor!r}")
+        self.check("prf", one_of, _PRF)
+        self.check("floor", in_range, 0.0, 1.0)
 
     @property
     def model(self):

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from matchlens.errors import ConfigError
-from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+from matchlens.components import in_range, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
 __all__ = ["KReciprocal", "k_reciprocal_distance"]
 
@@ -39,15 +39,12 @@ class KReciprocal(Reranker):
     shifted down by one constant where needed so the whole list stays non-increasing.
     """
 
-    name: ClassVar[str] = "kr"
     defaults: ClassVar[dict[str, Any]] = {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3}
 
     def validate(self) -> None:
         for key in ("k", "k1", "k2"):
-            positive_int(self.config, key, self.name)
-        lam = self.config["lambda_"]
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 <= lam <= 1):
-            raise ConfigError(f"{self.name}: lambda_ must be a number in [0, 1], got {lam!r}")
+            self.check(key, positive_int)
+        self.check("lambda_", in_range, 0.0, 1.0)
 
     def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
         """The head re-sorted by final distance, then the tail unchanged."""

@@ -10,13 +10,12 @@ but not the raw query can enter the shortlist.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-from matchlens.errors import ConfigError
-from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
+from matchlens.components import positive_float, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
 __all__ = ["AQE", "AlphaQE", "expanded_query"]
 
@@ -34,7 +33,7 @@ class _QueryExpansion(Reranker):
     """Shared flow: weight the top ``k`` shortlist vectors, expand the query, search again."""
 
     def validate(self) -> None:
-        positive_int(self.config, "k", self.name)
+        self.check("k", positive_int)
 
     def weights(self, query: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
         """Weight of each neighbour row in the expanded query (override)."""
@@ -56,7 +55,6 @@ class _QueryExpansion(Reranker):
 class AQE(_QueryExpansion):
     """Average query expansion: the query plus its top ``k`` database vectors, all with weight 1."""
 
-    name: ClassVar[str] = "aqe"
     defaults: ClassVar[dict[str, Any]] = {"k": 2}
 
     def weights(self, query: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -67,14 +65,11 @@ class AQE(_QueryExpansion):
 class AlphaQE(_QueryExpansion):
     """α-weighted query expansion: neighbour i weighs max(qᵀd_i, 0)^α, so weak matches fade out."""
 
-    name: ClassVar[str] = "alpha_qe"
     defaults: ClassVar[dict[str, Any]] = {"k": 10, "alpha": 3.0}
 
     def validate(self) -> None:
         super().validate()
-        alpha = self.config["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ConfigError(f"{self.name}: alpha must be a number > 0, got {alpha!r}")
+        self.check("alpha", positive_float)
 
     def weights(self, query: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
         # Similarities are recomputed from the vectors: shortlist scores may come from another

@@ -15,13 +15,15 @@ Scores after verification, for a shortlist whose largest score is ``top``:
 
 Verified images come first (most inliers first, ties in original order), then the unverified of
 the first ``k``, then the rest of the shortlist unchanged.
+
+The features and their cache are :mod:`matchlens.local.features`; the matching and the robust fit
+of one pair are :mod:`matchlens.local.verify`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,20 +31,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from matchlens.errors import ConfigError, MatchlensError
+from matchlens.errors import MatchlensError
 from matchlens.io.images import load_image
-from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist, positive_int
-from matchlens.rerank.local_features import FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import CACHE_KIND, FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.verify import METHODS, MIN_MATCHES, verify_pair
+from matchlens.components import in_range, one_of, positive_float, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
-__all__ = ["SpatialVerification", "count_inliers", "match_features"]
+__all__ = ["SpatialVerification"]
 
 log = logging.getLogger(__name__)
 
-CACHE_KIND = "local_features"
-_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
-_MIN_MATCHES = {"homography": 4, "fundamental": 8}  # points each model's solver needs
-_CONFIDENCE = 0.999
-_MAX_ITERS = 2000
 _INLIER_SCALE = 1000.0  # verified score = base + inliers / _INLIER_SCALE
 # A database image we cannot use is left unverified: unreadable or bad file (MatchlensError covers
 # ImageLoadError), an OS error from the context, or OpenCV refusing the pixels.
@@ -63,7 +62,6 @@ class SpatialVerification(Reranker):
     and ``last_unreadable`` holds the rows whose image could not be read (left unverified).
     """
 
-    name = "sv"
     needs_image = True
     defaults = {"k": 100, "max_keypoints": 1000, "max_side": 1024, "ratio": 0.8, "method": "magsac",
                 "model": "homography", "threshold": 8.0, "min_inliers": 12}
@@ -77,15 +75,11 @@ class SpatialVerification(Reranker):
     def validate(self) -> None:
         """One-line ConfigError for any parameter out of range."""
         for key in ("k", "max_keypoints", "max_side", "min_inliers"):
-            positive_int(self.config, key, self.name)
-        ratio, threshold = self.config["ratio"], self.config["threshold"]
-        if not _is_number(ratio) or not 0 < ratio <= 1:
-            raise ConfigError(f"{self.name}: ratio must be a number in (0, 1], got {ratio!r}")
-        if not _is_number(threshold) or threshold <= 0:
-            raise ConfigError(f"{self.name}: threshold must be a positive number of pixels, got {threshold!r}")
-        for key, choices in (("method", _METHODS), ("model", _MIN_MATCHES)):
-            if not isinstance(self.config[key], str) or self.config[key] not in choices:
-                raise ConfigError(f"{self.name}: {key} must be one of {', '.join(choices)}, got {self.config[key]!r}")
+            self.check(key, positive_int)
+        self.check("ratio", in_range, 0.0, 1.0, low_open=True)
+        self.check("threshold", positive_float)  # pixels at the max_side working resolution
+        self.check("method", one_of, METHODS)
+        self.check("model", one_of, MIN_MATCHES)
 
     def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
         """Verify the first ``k`` entries and reorder them; the rest is returned unchanged."""
@@ -134,12 +128,14 @@ class SpatialVerification(Reranker):
 
     def _query_features(self, query: QueryInput) -> LocalFeatures:
         """The query's features; cached only for queries read from a file (``sha256`` known)."""
+        image = query.image
+        assert image is not None  # rerank() returns early for a query without an image
         if query.sha256 is None:
-            return self._extract(query.image)
+            return self._extract(image)
         # query.image may be a crop of the file, so the key covers the pixels as well as the file.
-        pixels = hashlib.sha256(f"{query.sha256}:{query.image.size}:".encode())
-        pixels.update(query.image.convert("RGB").tobytes())
-        return self._cached(pixels.hexdigest(), lambda: self._extract(query.image))
+        pixels = hashlib.sha256(f"{query.sha256}:{image.size}:".encode())
+        pixels.update(image.convert("RGB").tobytes())
+        return self._cached(pixels.hexdigest(), lambda: self._extract(image))
 
     def _database_features(self, ctx: RerankContext, row: int) -> LocalFeatures | None:
         """The features of database image ``row``, or None if its image cannot be read."""
@@ -155,10 +151,9 @@ class SpatialVerification(Reranker):
 
     def _inliers(self, query: LocalFeatures, database: LocalFeatures) -> int:
         """Inliers of the robust model fitted to the ratio-test matches, in working-frame pixels."""
-        src, dst = match_features(query, database, self.config["ratio"])
-        side = self.config["max_side"]
-        return count_inliers(_to_working_frame(src, query.size, side), _to_working_frame(dst, database.size, side),
-                             self.config["model"], self.config["method"], float(self.config["threshold"]))
+        return verify_pair(query, database, ratio=self.config["ratio"], model=self.config["model"],
+                           method=self.config["method"], threshold=float(self.config["threshold"]),
+                           max_side=self.config["max_side"])
 
     def _reorder(self, shortlist: Shortlist, k: int) -> Shortlist:
         """Verified first (by inliers, then original order), unverified of the top k, then the rest."""
@@ -171,43 +166,3 @@ class SpatialVerification(Reranker):
         new_rows = np.concatenate([rows[order], rows[:k][~verified], rows[k:]])
         new_scores = np.concatenate([base + counts[order] / _INLIER_SCALE, scores[:k][~verified], scores[k:]])
         return Shortlist(new_rows, new_scores.astype(np.float32))
-
-
-def match_features(query: LocalFeatures, database: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Query→database nearest-neighbour matches passing Lowe's ratio test: (src, dst) points, (m, 2)."""
-    if len(query) == 0 or len(database) < 2:  # the ratio test needs a second neighbour
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors, database.descriptors, k=2)
-    good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
-    if not good:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    q_idx, d_idx = np.array(good, np.int64).T
-    return query.xy[q_idx], database.xy[d_idx]
-
-
-def count_inliers(src: np.ndarray, dst: np.ndarray, model: str, method: str, threshold: float) -> int:
-    """Inliers of a ``model`` fitted robustly to ``src``→``dst``; 0 if too few points or no fit."""
-    if len(src) < _MIN_MATCHES[model]:
-        return 0
-    flag = _METHODS[method]
-    try:
-        if model == "homography":
-            matrix, mask = cv2.findHomography(src, dst, flag, threshold, maxIters=_MAX_ITERS, confidence=_CONFIDENCE)
-        else:
-            matrix, mask = cv2.findFundamentalMat(src, dst, flag, threshold, _CONFIDENCE, _MAX_ITERS)
-    except cv2.error:  # degenerate configurations (e.g. all points collinear) can raise
-        return 0
-    if matrix is None or mask is None:
-        return 0
-    return int(np.count_nonzero(mask))
-
-
-def _to_working_frame(points: np.ndarray, size: tuple[int, int], max_side: int) -> np.ndarray:
-    """Scale points to the resolution features were detected at, so ``threshold`` means the same
-    number of pixels whatever the size the image was decoded at."""
-    factor = min(1.0, max_side / max(size))
-    return np.ascontiguousarray(points * np.float32(factor), dtype=np.float32)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

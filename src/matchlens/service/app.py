@@ -24,12 +24,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from matchlens import __version__
+from matchlens.version import __version__
 from matchlens.errors import (BoxError, ConfigError, ImageLoadError, IndexError_, MatchlensError, SourceError)
 from matchlens.io.images import load_image, parse_box
 from matchlens.service import media
-from matchlens.rerank.local_features import FeatureCache, feature_key
-from matchlens.rerank.spatial import CACHE_KIND
+from matchlens.local.features import CACHE_KIND, FeatureCache, feature_key
 from matchlens.evidence.explainers import Explainer, make_explainer
 from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
@@ -247,8 +246,9 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
         data, probe = _query_upload(image, settings)
         with gate:
             found = timed_search(snap.index, data, probe, parsed, k, rerank.strip() if rerank else None)
+        assert found.query_size is not None  # the uploaded query is decoded by the search
         return SearchResponse(
-            results=[_result(h.id, h.rank, h.score, h.path) for h in found.hits], timings_ms=found.timings_ms,
+            results=[_result(h.id, h.rank, h.score, h.path) for h in found.results], timings_ms=found.timings_ms,
             box=list(parsed) if parsed else None, query_size=list(found.query_size), k=k, rerank=found.rerank,
             generation=snap.index.generation, index_size=snap.index.size)
 

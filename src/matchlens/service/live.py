@@ -1,6 +1,6 @@
 """The index a server answers from: one immutable snapshot per request, writes one at a time.
 
-An :class:`~matchlens.index.index.Index` object reads one generation forever, and writers publish
+An :class:`~matchlens.pipeline.Index` object reads one generation forever, and writers publish
 a new generation atomically. So a search takes the current snapshot once and uses it to the end
 (rows, ids and paths stay consistent even if a write finishes meanwhile), while an add or remove
 builds the next generation in a worker thread; the new snapshot replaces the old one only when
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from matchlens.errors import MatchlensError
-from matchlens.index.index import BuildReport, Index, open_index
+from matchlens.pipeline import BuildReport, Index, open_index
 from matchlens.index.metadata import Entry
 
 UPLOADS = "uploads"

@@ -50,7 +50,7 @@ def _jpeg(path: str, sha256: str, side: int, max_pixels: int) -> bytes:
         image = load_image(path, max_side=side, max_pixels=max_pixels)
     except ImageLoadError as exc:
         raise NotFound(f"image cannot be shown: {exc}") from None
-    image.thumbnail((side, side), Image.BICUBIC)
+    image.thumbnail((side, side), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

@@ -34,7 +34,10 @@ def checkpoint_spec(checkpoint: str | Path, whitening: str = "none") -> Pipeline
 def _starting_spec(checkpoint: str | Path) -> PipelineSpec:
     from matchlens.models.weights import read_matchlens_meta
 
-    config = read_matchlens_meta(checkpoint)["config"]
+    meta = read_matchlens_meta(checkpoint)
+    if meta is None:
+        raise ConfigError(f"{checkpoint} is not a 'matchlens train' checkpoint")
+    config = meta["config"]
     return PipelineSpec(backbone=config["backbone"], weights=config["weights"], max_side=config["max_side"],
                         pooling="gem", pooling_params={"p": float(config["gem_p"])})
 
@@ -55,8 +58,8 @@ def evaluate_before_after(checkpoint: str | Path, datasets: Sequence[str], group
 
 def _evaluate_one(root: str, pipelines, groups: set[str], progress) -> list[dict[str, Any]]:
     from matchlens.evaluate.protocol import dataset_paths, evaluate_index
-    from matchlens.index.index import Index
-    from matchlens.io.official import load_dataset
+    from matchlens.pipeline import Index
+    from matchlens.io.formats import load_dataset
 
     dataset = load_dataset(root)
     paths = dataset_paths(dataset)
@@ -66,7 +69,7 @@ def _evaluate_one(root: str, pipelines, groups: set[str], progress) -> list[dict
             # One folder per network, rebuilt per whitening: "after + Lw" reuses "after"'s descriptors.
             target = Path(tmp) / ("before" if label == "before" else "after")
             index = Index.build(paths, target, spec, rebuild=True, progress=progress)[0]
-            evaluation = evaluate_index(index, dataset, "full", progress=progress)
+            evaluation = evaluate_index(index.pipeline, dataset, "full", progress=progress)
             chosen = [o.ap for o in evaluation.outcomes if o.query.group in groups]
             chosen = [ap for ap in chosen if not math.isnan(ap)]
             rows.append({

@@ -51,19 +51,27 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
     return F.cross_entropy(logits, target)
 
 
+# The registry holds each loss over one tuple (rows: query, positive, negatives); its default
+# margin is the signature's, so the names and margins are written once, here.
 LOSSES: Registry = Registry("loss")
-LOSSES.register("contrastive")(contrastive_loss)
-LOSSES.register("triplet")(triplet_loss)
-DEFAULT_MARGINS = {"contrastive": CONTRASTIVE_MARGIN, "triplet": TRIPLET_MARGIN}
+
+
+@LOSSES.register("contrastive")
+def contrastive_tuple_loss(descriptors: torch.Tensor, margin: float = CONTRASTIVE_MARGIN) -> torch.Tensor:
+    """Contrastive loss of the query against the positive (label 1) and the negatives (label 0)."""
+    labels = torch.zeros(len(descriptors) - 1, device=descriptors.device)
+    labels[0] = 1
+    return contrastive_loss(descriptors[0], descriptors[1:], labels, margin)
+
+
+@LOSSES.register("triplet")
+def triplet_tuple_loss(descriptors: torch.Tensor, margin: float = TRIPLET_MARGIN) -> torch.Tensor:
+    """Triplet loss of (query, positive) against each negative."""
+    return triplet_loss(descriptors[0], descriptors[1], descriptors[2:], margin)
 
 
 def tuple_loss(name: str, descriptors: torch.Tensor, margin: float | None = None) -> torch.Tensor:
-    """Loss of one tuple: ``descriptors`` rows are (query, positive, negative_1 … negative_N)."""
-    margin = DEFAULT_MARGINS[name] if margin is None else margin
-    query, positive, negatives = descriptors[0], descriptors[1], descriptors[2:]
-    if name == "contrastive":
-        labels = torch.zeros(len(descriptors) - 1, device=descriptors.device)
-        labels[0] = 1
-        return contrastive_loss(query, descriptors[1:], labels, margin)
-    LOSSES.get(name)  # a clear error for an unknown name
-    return triplet_loss(query, positive, negatives, margin)
+    """Loss of one tuple: ``descriptors`` rows are (query, positive, negative_1 … negative_N);
+    ``margin`` None: the loss's default."""
+    loss = LOSSES.get(name)  # a clear error for an unknown name
+    return loss(descriptors) if margin is None else loss(descriptors, margin)

@@ -13,10 +13,10 @@ __all__ = ["mine_negatives"]
 
 def mine_negatives(
     query_vectors: np.ndarray,
-    query_groups: Sequence[int],
+    query_groups: Sequence[int] | np.ndarray,
     pool_vectors: np.ndarray,
-    pool_ids: Sequence[int],
-    pool_groups: Sequence[int],
+    pool_ids: Sequence[int] | np.ndarray,
+    pool_groups: Sequence[int] | np.ndarray,
     count: int,
     excluded: Sequence[Collection[int]] | None = None,
 ) -> list[list[int]]:
@@ -27,13 +27,13 @@ def mine_negatives(
     positives and junk), or when a harder negative of its group was already taken.
     Similarity is the inner product of the (L2-normalised) descriptors.
     """
-    pool_ids = np.asarray(pool_ids, dtype=np.int64)
-    pool_groups = np.asarray(pool_groups, dtype=np.int64)
+    ids = np.asarray(pool_ids, dtype=np.int64)
+    groups = np.asarray(pool_groups, dtype=np.int64)
     sims = np.asarray(query_vectors, np.float32) @ np.asarray(pool_vectors, np.float32).T
     out: list[list[int]] = []
     for q in range(len(sims)):
         skip = set(excluded[q]) if excluded is not None else set()
-        out.append(_hardest(sims[q], pool_ids, pool_groups, int(query_groups[q]), skip, count))
+        out.append(_hardest(sims[q], ids, groups, int(query_groups[q]), skip, count))
     return out
 
 

@@ -7,7 +7,7 @@ descriptors computed here match those of an index built from the checkpoint.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class ImageStore:
         w, h = image.size
         ratio = self.max_side / max(w, h)
         size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
-        return image.resize(size, Image.BICUBIC, reducing_gap=3.0) if size != image.size else image
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0) if size != image.size else image
 
     def tensor(self, path: str) -> torch.Tensor:
         if path not in self._tensors:
@@ -49,6 +49,9 @@ class ImageStore:
 
 class RetrievalNet(nn.Module):
     """``backbone`` feature map → GeM(p, learnable) → L2; input uint8 or [0, 1] RGB batches."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, backbone: Backbone, p: float = 3.0, learn_p: bool = True) -> None:
         super().__init__()
@@ -64,7 +67,7 @@ class RetrievalNet(nn.Module):
 
     @property
     def gem_p(self) -> float:
-        p = self.pool.p
+        p: Any = self.pool.p  # a tensor (a Parameter when learned), or a number
         return float(p.detach()) if isinstance(p, torch.Tensor) else float(p)
 
 

@@ -3,12 +3,12 @@
 Sources, chosen by name (``--positives``):
 
 * ``gt`` - ground-truth groups of a dataset (gt.json or any official format that
-  :func:`matchlens.io.official.load_dataset` reads): each query of a training group with its
+  :func:`matchlens.io.formats.load_dataset` reads): each query of a training group with its
   positives; its junk is never used as a negative;
 * ``folders`` - a folder per group (``ROOT/<group>/*.jpg``): every image is a query whose
   positives are the other images of its folder;
 * ``sv`` - no labels: each image's nearest neighbours by the current descriptor are checked by
-  spatial verification (RootSIFT + MAGSAC homography, :mod:`matchlens.rerank.spatial`); verified
+  spatial verification (RootSIFT + MAGSAC homography, :mod:`matchlens.local.verify`); verified
   pairs are positives and their connected components are groups;
 * ``manifold`` - no labels: a mutual kNN graph and diffusion (:mod:`matchlens.rerank.diffusion`)
   give each anchor the neighbour that is close on the manifold but far in Euclidean rank (a hard
@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AbstractSet, Callable, Sequence
 
 import numpy as np
 
 from matchlens.errors import ConfigError, SourceError
 from matchlens.io.datasets import Dataset
+from matchlens.io.images import load_image
+from matchlens.local.features import extract_rootsift
+from matchlens.local.verify import count_inliers, match_features
 
 __all__ = ["TrainingSet", "from_dataset", "from_group_folders", "from_manifold", "from_verification",
            "holdout_images"]
@@ -69,7 +72,7 @@ def holdout_images(dataset: Dataset, groups: set[str]) -> set[str]:
 
 
 def from_dataset(dataset: Dataset, train_groups: set[str] | None = None,
-                 holdout_groups: set[str] = frozenset()) -> TrainingSet:
+                 holdout_groups: AbstractSet[str] = frozenset()) -> TrainingSet:
     """Tuples from ground truth: queries of ``train_groups`` (all groups when None); images of
     ``holdout_groups`` are left out entirely (never queries, positives or negatives)."""
     known = {q.group for q in dataset.queries if q.group is not None}
@@ -130,10 +133,6 @@ def from_verification(images: Sequence[str], vectors: np.ndarray, k: int = 5, mi
     """Label-free tuples: kNN candidate pairs (by ``vectors``) kept when spatially verified."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
-
-    from matchlens.io.images import load_image
-    from matchlens.rerank.local_features import extract_rootsift
-    from matchlens.rerank.spatial import count_inliers, match_features
 
     candidates = _knn_pairs(vectors, k)
     features: dict[int, object] = {}

@@ -232,6 +232,7 @@ class _Trainer:
         cfg = self.config
         if cfg.positives == "selfsup":
             return self._selfsup_loss(epoch, start, batch)
+        assert self.trainset is not None  # every mode but selfsup trains on tuples of a training set
         total = 0.0
         for offset, (q, p) in enumerate(batch):
             negatives = self._negatives_for(epoch, start + offset, q)
@@ -251,6 +252,7 @@ class _Trainer:
         if cfg.positives == "selfsup":
             n = len(self.images)
             return [int(i) for i in rng.choice(n, cfg.tuples, replace=cfg.tuples > n)]
+        assert self.trainset is not None  # every mode but selfsup trains on tuples of a training set
         queries = self.trainset.queries
         chosen = rng.choice(len(queries), cfg.tuples, replace=cfg.tuples > len(queries))
         positives = self.trainset.positives
@@ -269,6 +271,7 @@ class _Trainer:
 
     def _mine(self, queries: list[int], epoch: int, chunk: int) -> None:
         cfg, ts = self.config, self.trainset
+        assert ts is not None  # mining is for the tuples of a training set
         rng = np.random.default_rng([cfg.seed, epoch, chunk, 1])
         pool = list(ts.pool)
         if len(pool) > cfg.pool_size:  # P3 mines from a random pool re-drawn each time
@@ -314,7 +317,7 @@ class _Trainer:
         return trainset
 
     def _valset(self) -> ValidationSet | None:
-        from matchlens.io.official import load_dataset
+        from matchlens.io.formats import load_dataset
         from matchlens.train.validation import validation_from_dataset
 
         cfg = self.config
@@ -418,6 +421,7 @@ class _Trainer:
         best = read_checkpoint(self.out / BEST)
         self._load_best_weights(best)
         ts = self.trainset
+        assert ts is not None  # run() learns Lw only with a training set
         queries = ts.queries
         self._mine(queries, self.config.epochs + 1, 0)  # an RNG stream no training epoch uses
         matching = ts.pairs()
@@ -428,7 +432,7 @@ class _Trainer:
         dim = self.config.lw_dim
         lw = LearnedWhitening(dim=dim).fit_pairs(vectors, [(where[a], where[b]) for a, b in matching],
                                                  [(where[a], where[b]) for a, b in non_matching])
-        arrays = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in lw.arrays().items()}
+        arrays: dict[str, Any] = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in lw.arrays().items()}
         arrays["params"] = lw.params()
         lw_map = None
         if self.valset is not None and self.valset.queries:
@@ -472,8 +476,8 @@ def _optimizer(model: RetrievalNet, config: TrainConfig) -> torch.optim.Optimize
     lr = config.learning_rate
     pool = [p for p in model.pool.parameters() if p.requires_grad]
     # cirtorch: GeM's p learns 10x faster and without weight decay (one scalar, far from 0).
-    groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad]},
-              {"params": pool, "lr": 10 * lr, "weight_decay": 0.0}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.backbone.parameters() if p.requires_grad]},
+                                    {"params": pool, "lr": 10 * lr, "weight_decay": 0.0}]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -481,7 +485,7 @@ def _optimizer(model: RetrievalNet, config: TrainConfig) -> torch.optim.Optimize
 
 def _maybe_dataset(data: str, dataset_format: str | None):
     """The dataset at ``data`` (gt.json or an official layout), or None for a plain folder."""
-    from matchlens.io.official import detect_format, load_dataset
+    from matchlens.io.formats import detect_format, load_dataset
 
     if not Path(data).expanduser().exists():
         raise SourceError(f"training data '{data}' does not exist")

@@ -20,13 +20,13 @@ from .pca import IdentityWhitening, PCAWhitening, l2_normalize, read_npz
 __all__ = ["WHITENINGS", "IdentityWhitening", "LearnedWhitening", "PCAWhitening", "l2_normalize", "load_whitening",
            "make_whitening", "whitening_names"]
 
-WHITENINGS: Registry[type] = Registry("whitening")
+WHITENINGS: Registry[type[PCAWhitening] | type[IdentityWhitening] | type[LearnedWhitening]] = Registry("whitening")
 WHITENINGS.register(IdentityWhitening.name)(IdentityWhitening)
 WHITENINGS.register(PCAWhitening.name)(PCAWhitening)
 WHITENINGS.register(LearnedWhitening.name)(LearnedWhitening)  # fitted from pairs (fit_pairs), not fit()
 
 
-def make_whitening(name: str, **params: Any) -> PCAWhitening | IdentityWhitening:
+def make_whitening(name: str, **params: Any) -> PCAWhitening | LearnedWhitening | IdentityWhitening:
     """An unfitted whitening registered as ``name`` ("none", "pcaw") with ``params``.
 
     Raises ConfigError for an unknown name, an unknown parameter or an invalid value.
@@ -49,7 +49,7 @@ def whitening_names() -> list[str]:
     return WHITENINGS.names()
 
 
-def load_whitening(path: str | os.PathLike) -> PCAWhitening | IdentityWhitening:
+def load_whitening(path: str | os.PathLike) -> PCAWhitening | LearnedWhitening | IdentityWhitening:
     """Whatever whitening :meth:`save` wrote to ``path``, dispatched on the kind stored in it."""
     kind = str(read_npz(path, kind=None).get("kind", ""))
     if kind not in WHITENINGS:

@@ -24,7 +24,6 @@ from numbers import Integral, Real
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-import scipy.linalg
 
 from matchlens.errors import ConfigError, WeightsError
 from matchlens.whitening.pca import (FORMAT_VERSION, ProjectionWhitening, _as_matrix, _fix_signs, _map_rows,
@@ -173,6 +172,8 @@ def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a symmetric matrix (symmetrised first: products of symmetric
     matrices drift in the last bits) by LAPACK's divide-and-conquer ``syevd``; the default
     ``syevr`` driver was seen to fail with "Internal Error" on rank-deficient 1280x1280 inputs."""
+    import scipy.linalg  # deferred: scipy.linalg costs 0.2 s to import and only fitting needs it
+
     return scipy.linalg.eigh((matrix + matrix.T) / 2.0, driver="evd")
 
 

@@ -17,7 +17,6 @@ from numbers import Integral, Real
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
-import scipy.linalg
 
 from matchlens.errors import ConfigError, WeightsError
 
@@ -60,14 +59,14 @@ def _map_rows(X: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], width: int,
               dtype: type = np.float64, normalise: bool = False) -> np.ndarray:
     """``fn`` applied block by block to the rows of ``X`` (float64), optionally L2-normalised,
     gathered into one ``(n, width)`` array of ``dtype``."""
-    out = np.empty((X.shape[0], width), dtype=dtype)
+    out: np.ndarray = np.empty((X.shape[0], width), dtype=dtype)
     for start, block in _chunks(X, "vectors"):
         rows = fn(block)
         out[start:start + len(rows)] = l2_normalize(rows) if normalise else rows
     return out
 
 
-def _write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def _write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     """Write ``arrays`` to exactly ``path`` via a temporary sibling, so a crash never leaves a
     half-written file where a good one was."""
     path = Path(path)
@@ -218,6 +217,8 @@ class PCAWhitening(ProjectionWhitening):
         """Write ``mean``, ``projection``, ``components``, ``eigenvalues`` and ``params`` to
         ``path`` (.npz, float64 so a reload reproduces the output exactly)."""
         mean, projection = self._fitted()
+        # fit() and load() set components_ and eigenvalues_ together with projection_
+        assert self.components_ is not None and self.eigenvalues_ is not None
         _write_npz(path, {
             "kind": np.array(self.name), "format_version": np.array(FORMAT_VERSION),
             "params": np.array(json.dumps(self.params())), "mean": mean,
@@ -261,6 +262,8 @@ def _principal_axes(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """Mean, eigenvalues (descending, ≥ 0), principal directions (rows) and trace of the sample
     covariance of ``X``. Uses the d×d covariance when n ≥ d; for n < d an SVD of the centred
     n×d data is cheaper and gives the same non-zero spectrum."""
+    import scipy.linalg  # deferred: scipy.linalg costs 0.2 s to import and only fitting needs it
+
     n, d = X.shape
     mean = sum(block.sum(axis=0) for _, block in _chunks(X, "training vectors")) / n
     if n < d:

@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from matchlens.components import Component
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
 
@@ -57,31 +58,29 @@ class WriteJob:
 Candidates = Callable[[np.ndarray, int], "tuple[np.ndarray, np.ndarray]"]
 
 
-class VectorBackend(ABC):
+class VectorBackend(Component, ABC):
     """A configured backend: validated parameters, a writer and a searcher.
 
     ``factory`` is the index description (a FAISS factory string, or a Milvus index type with
     parameters); ``params`` are the backend's options over :attr:`defaults`. ``build_params``
     name the options that change what is written (a change forces a full rebuild); the others
     (``nprobe``, ``refine``, ...) only change how it is searched.
+
+    A new backend is one module in ``matchlens/index/backends/``: the package imports all of its
+    modules, so ``@BACKENDS.register("name")`` there is all it takes (see docs/extending.md).
     """
 
-    name: ClassVar[str]
-    default_factory: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {}
+    kind: ClassVar[str] = "backend"
+    default_factory: ClassVar[str] = ""
     build_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, factory: str | None = None, uri: str | None = None, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"backend {self.name!r} has no parameter {', '.join(sorted(unknown))}; valid: {valid}")
+        self.resolve(params)  # unknown parameters first: the most useful message
         self.factory = (factory or self.default_factory).strip()
         if not self.factory:
-            raise ConfigError(f"backend {self.name!r}: the factory string is empty")
+            raise ConfigError(f"{self.label()}: the factory string is empty")
         self.uri = uri
-        self.params = {**self.defaults, **params}
-        self.validate()
+        super().__init__(**params)
 
     def validate(self) -> None:
         """Check the configuration; raise a one-line ConfigError (override)."""
@@ -110,7 +109,7 @@ class VectorBackend(ABC):
         """Change search-time parameters (``nprobe``, ``efSearch``, ``ef``, ``refine``)."""
         unknown = set(params) - (set(self.defaults) - set(self.build_params))
         if unknown:
-            raise ConfigError(f"backend {self.name!r}: {', '.join(sorted(unknown))} cannot be changed at search time")
+            raise ConfigError(f"{self.label()}: {', '.join(sorted(unknown))} cannot be changed at search time")
         self.params.update(params)
         self.validate()
 
@@ -180,8 +179,9 @@ def _candidate_scores(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray
     if vectors.dtype == np.float32 and vectors.flags.c_contiguous and len(vectors):
         import faiss
 
-        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vectors),
-                                         faiss.swig_ptr(rows), vectors.shape[1], n, m)
+        faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]  # missing from faiss's __init__.pyi
+            faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vectors),
+            faiss.swig_ptr(rows), vectors.shape[1], n, m)
         return scores
     step = max(1, REFINE_ROWS // max(m, 1))  # NumPy fallback: bound the gathered block
     for part in in_batches(n, step):
@@ -247,3 +247,28 @@ def in_batches(n: int, batch: int):
     """``slice`` objects covering ``range(n)`` in steps of ``batch``."""
     for start in range(0, n, batch):
         yield slice(start, min(start + batch, n))
+
+
+def flat_candidates(vectors: np.ndarray) -> Candidates:
+    """Exact FAISS ``IndexFlatIP`` over ``vectors`` (ids = rows): the search of ``Flat`` and of a
+    backend that is not trained yet."""
+    import faiss  # deferred: start-up time (see pyproject [tool.matchlens.deferred])
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def candidates(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    return candidates
+
+
+def open_searcher(backend: VectorBackend, root: Path, gen_dir: Path, state: dict[str, Any], vectors: np.ndarray,
+                  ids: np.ndarray) -> Searcher:
+    """The searcher of one generation: exact brute force for ``Flat`` and for a backend still
+    pending training, else the backend's own (trained) index."""
+    if backend.exact or state.get("state") != "trained":
+        return Searcher(backend, flat_candidates(vectors), np.arange(len(vectors), dtype=np.int64), vectors)
+    id_to_row = np.full(int(ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+    id_to_row[ids] = np.arange(len(ids), dtype=np.int64)
+    return Searcher(backend, backend.open(root, gen_dir, state), id_to_row, vectors)

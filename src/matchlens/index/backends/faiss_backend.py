@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from matchlens.components import non_negative_int, optional, positive_int
 from matchlens.errors import ConfigError, IndexError_
 from matchlens.index.backends.base import (BACKENDS, Candidates, VectorBackend, WriteJob, in_batches,
                                            sample_rows)
@@ -41,7 +42,6 @@ class FaissBackend(VectorBackend):
     (shortlist factor of the exact re-ranking; default 8 for compressed codes, 1 otherwise).
     """
 
-    name = "faiss"
     default_factory = "Flat"
     defaults = {"train_size": 100_000, "seed": 0, "nprobe": 32, "efSearch": 128, "refine": None}
     build_params = ("train_size", "seed")
@@ -49,12 +49,9 @@ class FaissBackend(VectorBackend):
     def validate(self) -> None:
         """Integers where needed; the factory string parses (checked again against the real width)."""
         for key in ("train_size", "nprobe", "efSearch"):
-            value = self.params[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"faiss backend: {key} must be an integer >= 1, got {value!r}")
-        refine = self.params["refine"]
-        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 1):
-            raise ConfigError(f"faiss backend: refine must be an integer >= 1, got {refine!r}")
+            self.check(key, positive_int)
+        self.check("seed", non_negative_int)
+        self.check("refine", optional, positive_int)
         if self.uri:
             raise ConfigError("the faiss backend stores its index in the index folder; --uri is for --backend milvus")
 
@@ -96,12 +93,13 @@ class FaissBackend(VectorBackend):
             if index is None:
                 return state
             self._add(index, job.vectors, job.ids, np.arange(n), job)
+        assert state is not None  # _extend and _train return a state with every index
         faiss = _faiss()
         faiss.write_index(index, str(job.tmp / INDEX_FILE))
         state.update(ntotal=int(index.ntotal), code_bytes=_code_bytes(index), dim=int(d))
         return state
 
-    def _train(self, job: WriteJob):
+    def _train(self, job: WriteJob) -> tuple[Any, dict[str, Any]]:
         """(empty trained index, state) or (None, pending state) when there are too few vectors."""
         faiss = _faiss()
         n, d = job.vectors.shape
@@ -126,8 +124,10 @@ class FaissBackend(VectorBackend):
         return index, {"state": "trained", "trained_on": trained_on, "mode": "built",
                        "train_seconds": round(time.monotonic() - start, 3)}
 
-    def _extend(self, job: WriteJob):
+    def _extend(self, job: WriteJob) -> tuple[Any, dict[str, Any] | None]:
         """(previous index with the delta applied, state) or (None, None) when it must be rebuilt."""
+        # write() calls this only for a delta on a trained previous generation
+        assert job.delta is not None and job.previous_dir is not None and job.previous_state is not None
         faiss = _faiss()
         path = job.previous_dir / INDEX_FILE
         if not path.is_file():
@@ -155,7 +155,7 @@ class FaissBackend(VectorBackend):
         inner = _unwrap(index)
         for part in (inner, getattr(inner, "storage", None)):
             part = faiss.downcast_index(part) if part is not None else None
-            if hasattr(part, "do_polysemous_training"):
+            if part is not None and hasattr(part, "do_polysemous_training"):
                 # Polysemous codes only speed up Hamming filtering, which is not used; their training
                 # (annealing the code order) costs ~30 CPU-seconds per PQ even on tiny samples.
                 part.do_polysemous_training = False
@@ -188,7 +188,6 @@ class FaissBackend(VectorBackend):
             dist, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
             return (1.0 - dist / 2.0).astype(np.float32), ids
 
-        candidates.index = index  # the benchmark reads sizes from it
         return candidates
 
     def _set_search_params(self, index) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from matchlens.components import optional, positive_int
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
 from matchlens.index.backends.base import BACKENDS, Candidates, VectorBackend, WriteJob, in_batches
 
@@ -48,7 +49,6 @@ class MilvusBackend(VectorBackend):
     ``batch`` (queries per search call: one call costs ~45 ms on Milvus Lite whatever its size).
     """
 
-    name = "milvus"
     default_factory = "FLAT"
     defaults = {"collection": None, "nprobe": 32, "ef": 128, "refine": None, "batch": 512}
     build_params = ("collection",)
@@ -60,12 +60,8 @@ class MilvusBackend(VectorBackend):
             raise ConfigError(f"Milvus Lite does not support index type {self.index_type}; "
                               f"choose one of {', '.join(LITE_TYPES)} (or use a Milvus server URI)")
         for key in ("nprobe", "ef", "batch"):
-            value = self.params[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"milvus backend: {key} must be an integer >= 1, got {value!r}")
-        refine = self.params["refine"]
-        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 1):
-            raise ConfigError(f"milvus backend: refine must be an integer >= 1, got {refine!r}")
+            self.check(key, positive_int)
+        self.check("refine", optional, positive_int)
         name = self.params["collection"]
         if name is not None and (not isinstance(name, str) or not name.replace("_", "").isalnum() or name[0].isdigit()):
             raise ConfigError(f"milvus backend: collection must be letters, digits and _ (not first), got {name!r}")
@@ -117,6 +113,7 @@ class MilvusBackend(VectorBackend):
                 "dim": int(job.vectors.shape[1])}
 
     def _apply_delta(self, client, name: str, job: WriteJob) -> dict[str, Any]:
+        assert job.delta is not None  # write() applies a delta only when there is one
         remove = [int(i) for i in job.delta.remove_ids]
         for part in in_batches(len(remove), INSERT_BATCH):
             client.delete(name, ids=remove[part])

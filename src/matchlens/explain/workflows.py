@@ -1,4 +1,8 @@
-"""Recipes the API and CLI call: train from a source, explain an indexed result, explain a search."""
+"""Recipes the API and CLI call: train a verifier from a source, explain an indexed result, explain a search.
+
+They combine the evidence layer (:mod:`matchlens.evidence`) with the index, the rerank chain
+syntax and the HTML of the evaluation report, which is why they live above all of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from PIL import Image
 
@@ -14,9 +18,12 @@ from matchlens.errors import ConfigError
 from matchlens.evidence.config import VerifierConfig
 from matchlens.evidence.explainers import MAX_SIDE, make_explainer
 from matchlens.evidence.model import EvidenceModel, Explanation, explain_pair
-from matchlens.evidence.page import EvidenceRow, write_evidence_page
 from matchlens.evidence.pairs import pairs_from_source
 from matchlens.evidence.train import Progress, TrainResult, TrainSettings, train_verifier
+from matchlens.explain.page import EvidenceRow, write_evidence_page
+from matchlens.io.images import crop_to_box, image_size, load_image
+from matchlens.pipeline import open_index
+from matchlens.rerank import parse_chain
 
 
 def train_from_source(source: str | os.PathLike, out: str | os.PathLike, config: VerifierConfig | None = None,
@@ -51,9 +58,6 @@ def explain_result(index_dir: str | os.PathLike, query: str | os.PathLike, resul
                    model: EvidenceModel | str | os.PathLike, box: Sequence[float] | None = None,
                    out: str | os.PathLike | None = None) -> Explanation:
     """Explain why ``result`` (file, row id or indexed name) matches ``query``; PNG written to ``out``."""
-    from matchlens.index.index import open_index
-    from matchlens.io.images import crop_to_box
-
     index = open_index(index_dir)
     query_image, scaled_box = load_query(query, box)
     if scaled_box is not None:
@@ -68,8 +72,6 @@ def load_query(query: str | os.PathLike, box: Sequence[float] | None = None, max
                ) -> tuple[Image.Image, tuple[float, ...] | None]:
     """The query decoded at about ``max_side`` and ``box`` (pixels of the full-size upright image)
     in the decoded image's frame: JPEG draft decoding may divide the sides by 2, 4 or 8."""
-    from matchlens.io.images import image_size, load_image
-
     path = Path(query).expanduser()
     image = load_image(path, max_side=max_side)
     if box is None:
@@ -106,8 +108,6 @@ def explain_search(query: str | os.PathLike, results: Sequence[tuple[str, float]
         box: the query box, pixels of the full-size upright query.
         progress: a progress factory (one step per result).
     """
-    from matchlens.io.images import load_image
-
     explainer = make_explainer(model)
     image, scaled_box = load_query(query, box, MAX_SIDE)
     folder = Path(folder)
@@ -122,7 +122,7 @@ def explain_search(query: str | os.PathLike, results: Sequence[tuple[str, float]
         rows.append(EvidenceRow(rank, float(score), str(path), png, view.caption))
         if advance:
             advance(1)
-    page = write_evidence_page(folder / "index.html", query, box, explainer.description, rows)
+    page = write_evidence_page(folder / "index.html", Path(query), box, explainer.description, rows)
     return SearchEvidence(page, rows, explainer.kind, explainer.description)
 
 
@@ -130,14 +130,8 @@ def model_from_chain(rerank: str | None) -> str | None:
     """The ``model=`` of an ``indicative`` step in a rerank chain string, if any."""
     if not rerank:
         return None
-    from matchlens.rerank import parse_chain
-
     for step in parse_chain(rerank):
         if step.name == "indicative":
             return str(step.config["model"])
     return None
 
-
-def settings_summary(result: TrainResult) -> dict[str, Any]:
-    """The last epoch's figures, for printing."""
-    return dict(result.history[-1]) if result.history else {}

@@ -1,4 +1,9 @@
-"""Local features for spatial verification: RootSIFT keypoints and an on-disk cache of them.
+"""Local features: RootSIFT keypoints and an on-disk cache of them.
+
+Used by spatial verification (:mod:`matchlens.rerank.spatial`), the classic encodings
+(:mod:`matchlens.classic`), spatial-verification evidence (:mod:`matchlens.evidence.local`),
+label-free training positives and the service; the pairwise matching and geometric checks live in
+:mod:`matchlens.local.verify`.
 
 RootSIFT (Arandjelović & Zisserman, "Three things everyone should know to improve object
 retrieval", CVPR 2012) is SIFT with each descriptor L1-normalised and square-rooted, so that the
@@ -16,6 +21,7 @@ import os
 import tempfile
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +29,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key", "rootsift_from_sift"]
+__all__ = ["CACHE_KIND", "DESCRIPTOR_DIM", "FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key",
+           "rootsift_from_sift"]
 
 log = logging.getLogger(__name__)
 
 DESCRIPTOR_DIM = 128
+#: The index cache folder (``<index>/cache/<CACHE_KIND>``) of detected RootSIFT features, shared by
+#: spatial verification, the classic encodings and the service.
+CACHE_KIND = "local_features"
 _FORMAT_VERSION = 1  # bump when extraction changes, so old cache files stop matching the key
 # What np.load raises on a truncated, foreign or half-written file: a bad cache file is a miss.
 _BAD_CACHE_FILE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -75,13 +85,13 @@ def extract_rootsift(image: Image.Image, max_keypoints: int = 1000, max_side: in
     if factor < 1.0:
         work_size = (max(1, round(width * factor)), max(1, round(height * factor)))
         gray = cv2.resize(gray, work_size, interpolation=cv2.INTER_AREA)
-    keypoints, descriptors = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+    keypoints, descriptors = cv2.SIFT.create(nfeatures=max_keypoints).detectAndCompute(gray, None)
     if descriptors is None or not keypoints:
         return LocalFeatures.empty((width, height))
     return _assemble(keypoints, descriptors, factor, max_keypoints, (width, height))
 
 
-def _assemble(keypoints: list[cv2.KeyPoint], descriptors: np.ndarray, factor: float, max_keypoints: int,
+def _assemble(keypoints: Sequence[cv2.KeyPoint], descriptors: np.ndarray, factor: float, max_keypoints: int,
               size: tuple[int, int]) -> LocalFeatures:
     """Turn OpenCV's output into :class:`LocalFeatures` in the original pixel frame."""
     response = np.array([kp.response for kp in keypoints], np.float32)

@@ -1,0 +1,120 @@
+"""The pooling registry: names, parameters, defaults and validation — without importing torch.
+
+Each pooling is a :class:`PoolingSpec` registered in :data:`POOLINGS`. The spec is the
+configuration (a :class:`~matchlens.components.Component`); :meth:`PoolingSpec.build` makes the
+``nn.Module`` and only then imports torch. The pipeline spec (:mod:`matchlens.config`) validates
+pooling names against this registry, so it stays cheap to import.
+
+A new pooling needs two files (see docs/extending.md): its maths, a function
+``name(x, **params)`` in :mod:`matchlens.pooling.functional`, and its spec class here. Without a
+``module``, the built module calls ``functional.<name>(x, **config)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from matchlens.components import Component, flag, positive_float, positive_int
+from matchlens.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matchlens.pooling.modules import Pooling
+
+__all__ = ["POOLINGS", "PoolingSpec", "make_pooling", "pooling_names"]
+
+
+class PoolingSpec(Component):
+    """A pooling's validated configuration; :meth:`build` returns its ``nn.Module``.
+
+    ``module``: a class of :mod:`matchlens.pooling.modules` taking the config as keywords
+    (for state such as GeM's learnable ``p``); empty (the default): a generic module that calls
+    the function named like the registry entry in :mod:`matchlens.pooling.functional`.
+    """
+
+    kind: ClassVar[str] = "pooling"
+    module: ClassVar[str] = ""
+
+    def build(self) -> "Pooling":
+        """The ``nn.Module`` (``forward((B, C, H, W)) -> (B, C)``, not normalised); imports torch."""
+        from matchlens.pooling import functional, modules
+
+        if self.module:
+            built = getattr(modules, self.module)(**self.config)
+        else:
+            built = modules.FunctionalPooling(getattr(functional, self.name), **self.config)
+        built.name = self.name
+        return built
+
+    def positive_floats(self, *keys: str) -> None:
+        """Check each key is a finite number > 0 and store it as a float."""
+        for key in keys:
+            self.config[key] = self.check(key, positive_float)
+
+
+POOLINGS: Registry[type[PoolingSpec]] = Registry("pooling")
+
+
+@POOLINGS.register("mac")
+class MACSpec(PoolingSpec):
+    """Max pooling of the positive part of each channel."""
+
+    module = "MAC"
+
+
+@POOLINGS.register("spoc")
+class SPoCSpec(PoolingSpec):
+    """Sum pooling, by default weighted by the Gaussian centre prior."""
+
+    module = "SPoC"
+    defaults: ClassVar[dict[str, Any]] = {"centre_prior": True}
+
+    def validate(self) -> None:
+        self.check("centre_prior", flag)
+
+
+@POOLINGS.register("gem")
+class GeMSpec(PoolingSpec):
+    """Generalised-mean pooling; ``learn_p`` makes ``p`` a trainable parameter."""
+
+    module = "GeM"
+    defaults: ClassVar[dict[str, Any]] = {"p": 3.0, "eps": 1e-6, "learn_p": False}
+
+    def validate(self) -> None:
+        self.positive_floats("p", "eps")
+        self.check("learn_p", flag)
+
+
+@POOLINGS.register("rmac")
+class RMACSpec(PoolingSpec):
+    """Regional MAC over cirtorch's rigid multi-scale grid."""
+
+    module = "RMAC"
+    defaults: ClassVar[dict[str, Any]] = {"levels": 3, "eps": 1e-6}
+
+    def validate(self) -> None:
+        self.check("levels", positive_int)
+        self.positive_floats("eps")
+
+
+@POOLINGS.register("crow")
+class CroWSpec(PoolingSpec):
+    """Cross-dimensional (spatial x channel) weighted sum pooling."""
+
+    module = "CroW"
+    defaults: ClassVar[dict[str, Any]] = {"a": 2.0, "b": 2.0, "eps": 1e-6}
+
+    def validate(self) -> None:
+        self.positive_floats("a", "b", "eps")
+
+
+def make_pooling(name: str, **params: Any) -> "Pooling":
+    """Build the pooling module registered as ``name`` (case-insensitive) with ``params``.
+
+    Raises ConfigError for an unknown name, an unknown parameter or an invalid value.
+    """
+    return POOLINGS.get(name)(**params).build()
+
+
+def pooling_names() -> list[str]:
+    """Registered pooling names, sorted."""
+    return POOLINGS.names()
