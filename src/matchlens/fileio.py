@@ -1,42 +1,82 @@
 """Atomic file writes: every file matchlens writes goes through :func:`atomic_write`.
 
 A write goes to a temporary sibling, is flushed to disk, then renamed over the target, so a
-crash or a full disk never leaves a half-written file where a good one was.
+crash or a full disk never leaves a half-written file where a good one was. Writers that need
+a file *name* rather than an open handle (an exporter that opens the file itself) use
+:func:`atomic_path`, the same mechanism.
+
+The temporary sibling is ``.NAME.XXXXXXXX.tmp`` (``suffix`` replaces ``.tmp`` for tools that
+look at the extension). A missing target folder is not created: it raises
+:class:`FileNotFoundError` naming the target (not the temporary file), with the usual
+``strerror``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_write", "write_json_atomic", "write_text_atomic"]
+
+
+def _temporary_sibling(target: Path, suffix: str) -> tuple[int, Path]:
+    """An open descriptor and the path of a new empty file beside ``target``."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except FileNotFoundError:
+        if target.parent.is_dir():
+            raise
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(target)) from None
+    return fd, Path(name)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing (``"wb"`` or ``"w"``); when the block
-    ends without an error the data is fsynced and the file renamed onto ``path``; otherwise the
-    temporary file is removed and ``path`` is left as it was."""
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".tmp",
+                 fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing (``"wb"`` or ``"w"``, UTF-8); when the block
+    ends without an error the data is flushed, fsynced and the file renamed onto ``path``;
+    otherwise the temporary file is removed and ``path`` is left as it was.
+
+    ``suffix`` ends the temporary file's name. ``fsync=False`` skips the fsync (the rename stays
+    atomic, but a power cut may lose the new content): only for caches that are recomputed when
+    missing or unreadable, where an fsync per small file would cost more than it saves.
+    """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _temporary_sibling(target, suffix)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """The path of a new empty temporary sibling of ``path``, for writers that open the file by
+    name themselves; when the block ends without an error the file is fsynced and renamed onto
+    ``path``, otherwise it is removed and ``path`` is left as it was (as :func:`atomic_write`)."""
+    target = Path(path)
+    fd, tmp = _temporary_sibling(target, suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -45,6 +85,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = None) -> None:
-    """Write ``payload`` as JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=indent))
+def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = None,
+                      sort_keys: bool = False) -> None:
+    """Write ``payload`` as JSON (``json.dumps(payload, indent=indent, sort_keys=sort_keys)``) to
+    ``path`` atomically."""
+    write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys))

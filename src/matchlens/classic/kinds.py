@@ -38,6 +38,7 @@ import numpy as np
 from matchlens.classic.base import ENCODINGS, Encoding, Ragged
 from matchlens.classic.features import LocalFeatureStore
 from matchlens.errors import ConfigError, IndexError_
+from matchlens.fileio import write_json_atomic
 from matchlens.index import store
 from matchlens.local.features import CACHE_KIND, LocalFeatures
 
@@ -244,8 +245,8 @@ def _build(index, folder: Path, model_name: str, progress: ProgressFactory | Non
         "generation": index.generation, "images": index.size, "encoded": len(todo), "reused": index.size - len(todo),
         "seconds": round(time.monotonic() - start, 2),
     })
-    _write_json_atomic(folder / CURRENT, {"model": model_name, "built": built, "generation": index.generation,
-                                          "images": index.size})
+    write_json_atomic(folder / CURRENT, {"model": model_name, "built": built, "generation": index.generation,
+                                         "images": index.size}, indent=1, sort_keys=True)
     _remove_unreferenced(folder, {model_name, built})
 
 
@@ -443,15 +444,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(payload, indent=1, sort_keys=True))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 from matchlens.classic.base import ENCODINGS, Advance, Encoding, Ragged, SearchData
 from matchlens.classic.codebook import aggregate_residuals, train_codebook
 from matchlens.components import in_range, non_negative_int, one_of, positive_int
+from matchlens.linalg import l2_normalize
 from matchlens.local.features import DESCRIPTOR_DIM, LocalFeatures
 from matchlens.whitening import PCAWhitening
 
@@ -56,8 +57,7 @@ def vlad_vector(descriptors: np.ndarray, words: np.ndarray, centroids: np.ndarra
     v = sums.ravel()
     if alpha != 1.0:
         v = np.sign(v) * np.abs(v) ** alpha
-    norm = np.linalg.norm(v)
-    return (v / norm if norm > 0 else v).astype(np.float32)
+    return l2_normalize(v)
 
 
 @ENCODINGS.register("vlad")
@@ -117,8 +117,7 @@ class VLAD(Encoding):
         if "pca_projection" not in data:
             return raw[0].astype(np.float32)
         v = (raw[0] - data["pca_mean"]) @ np.asarray(data["pca_projection"]).T
-        norm = np.linalg.norm(v)
-        return (v / norm if norm > 0 else v).astype(np.float32)
+        return l2_normalize(v)
 
     def scores(self, codes: Ragged, data: SearchData, query: dict[str, np.ndarray]) -> np.ndarray:
         return (np.asarray(data["vectors"], np.float32) @ self.query_vector(data, query)).astype(np.float32)

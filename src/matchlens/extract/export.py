@@ -16,13 +16,12 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from matchlens.errors import ConfigError
-from matchlens.fileio import write_text_atomic
+from matchlens.fileio import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch
     import torch
@@ -139,18 +138,11 @@ def _touch(path: Path) -> None:
 
 
 def _export(backbone: torch.nn.Module, path: Path) -> str:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:  # the exporter writes by file name, not into a handle
         _trace_to_onnx(backbone, tmp)
-        _fsync(tmp)
         digest = file_sha256(tmp)
-        os.replace(tmp, path)
-        _write_atomic(_sidecar(path), digest + "\n")
-        return digest
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomic(_sidecar(path), digest + "\n")
+    return digest
 
 
 def _trace_to_onnx(backbone: torch.nn.Module, target: Path) -> None:
@@ -194,11 +186,6 @@ def _sidecar(path: Path) -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def _state_id(module: torch.nn.Module) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -39,7 +38,7 @@ from matchlens.errors import ConfigError, IndexError_, MatchlensError
 from matchlens.extract.numpy_pooling import numpy_pooling
 from matchlens.extract.preprocess import load_for_spec, normaliser, scale_side, to_array
 from matchlens.extract.runtime import AUTO, cpu_threads, requested_runtime
-from matchlens.fileio import atomic_write, write_json_atomic
+from matchlens.fileio import atomic_path, atomic_write, write_json_atomic
 from matchlens.linalg import l2_normalize
 
 if TYPE_CHECKING:  # annotations only
@@ -136,17 +135,11 @@ def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
 
 def _trace_into(backbone: Any, model: Path) -> tuple[str, int]:
     """Trace ``backbone`` straight into ``model`` (atomically); ConfigError if it cannot be exported."""
-    from matchlens.extract.export import _fsync, _trace_to_onnx, file_sha256
+    from matchlens.extract.export import _trace_to_onnx, file_sha256
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".tmp", dir=model.parent)
-    os.close(fd)
-    try:  # the exporter writes by file name, so atomic_write's open handle cannot be used
-        _trace_to_onnx(backbone, Path(tmp_name))
-        _fsync(Path(tmp_name))
-        digest, size = file_sha256(tmp_name), os.path.getsize(tmp_name)
-        os.replace(tmp_name, model)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+    with atomic_path(model) as tmp:  # the exporter writes by file name, not into a handle
+        _trace_to_onnx(backbone, tmp)
+        digest, size = file_sha256(tmp), os.path.getsize(tmp)
     return digest, size
 
 

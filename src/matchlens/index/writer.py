@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class GenerationWriter:
     def __enter__(self) -> "GenerationWriter":
         return self
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind, exc, tb) -> Literal[False]:
         if exc is None:
             return False
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -79,9 +79,11 @@ class GenerationWriter:
     def _write_backend(self, vectors: np.ndarray, indexed: list[Entry], incremental: bool) -> dict[str, Any]:
         ids = np.array([e.id for e in indexed], dtype=np.int64)
         job = WriteJob(root=self.root, tmp=self.tmp, vectors=vectors, ids=ids, progress=self.progress)
-        previous = self.previous.manifest.get("backend") if self.previous is not None else None
-        if previous and not self.rebuild and backend_from_dict(previous).build_key() == self.backend.build_key():
-            job.previous_dir, job.previous_state = self.previous.path, previous.get("state")
+        before = self.previous
+        previous = before.manifest.get("backend") if before is not None else None
+        if before is not None and previous and not self.rebuild and \
+                backend_from_dict(previous).build_key() == self.backend.build_key():
+            job.previous_dir, job.previous_state = before.path, previous.get("state")
             job.delta = self._delta(indexed, vectors) if incremental else None
         state = self.backend.write(job)
         mode = state.get("mode", state.get("state", ""))
@@ -93,7 +95,7 @@ class GenerationWriter:
     def _delta(self, indexed: list[Entry], vectors: np.ndarray) -> Delta | None:
         """What changed since the previous generation, or None when every vector must be rewritten
         (a refitted whitening moves every vector: checked on a sample of the unchanged images)."""
-        assert self.previous is not None
+        assert self.previous is not None  # only called when there is a previous generation
         # Read afresh: the caller renumbers the rows of kept Entry objects in place.
         before = {e.id: e for e in metadata.read_entries(self.previous.path / META) if e.row is not None}
         same = [(e.row, before[e.id].row) for e in indexed

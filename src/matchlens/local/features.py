@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections.abc import Sequence
@@ -28,6 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from matchlens.fileio import atomic_write
+from matchlens.linalg import l2_normalize
 
 __all__ = ["CACHE_KIND", "DESCRIPTOR_DIM", "FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key",
            "rootsift_from_sift"]
@@ -162,21 +164,15 @@ class FeatureCache:
         target = self.path(sha256, key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=target.parent)
-        except OSError as error:
-            log.warning("cannot write local-feature cache %s: %s", target, error)
-            return False
-        try:
-            with os.fdopen(handle, "wb") as stream:
+            # A cache entry is recomputed when missing or unreadable: no fsync per small file.
+            with atomic_write(target, "wb", fsync=False) as stream:
                 np.savez(stream, xy=features.xy.astype(np.float32), scale=features.scale.astype(np.float32),
                          angle=features.angle.astype(np.float32),
                          descriptors=_STORED_DTYPES[self.descriptor_dtype](features.descriptors),
                          size=np.asarray(features.size, np.int64))
-            os.replace(temporary, target)
             return True
         except OSError as error:
             log.warning("cannot write local-feature cache %s: %s", target, error)
-            _remove_quietly(temporary)
             return False
 
     @staticmethod
@@ -213,13 +209,4 @@ def _stored_to_float(stored: np.ndarray) -> np.ndarray:
     if stored.dtype != np.uint8:
         return stored.astype(np.float32)
     values = stored.astype(np.float32)
-    norms = np.linalg.norm(values, axis=1, keepdims=True) if values.ndim == 2 else 1.0
-    return values / np.maximum(norms, 1e-12)
-
-
-def _remove_quietly(path: str) -> None:
-    """Delete a temporary file, ignoring that it may already be gone."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    return l2_normalize(values) if values.ndim == 2 else values

@@ -74,7 +74,7 @@ class Builder:
             check_spec(current, spec)
             self.spec = current.spec if not spec.weights_id else spec
         if not self.spec.weights_id:
-            self.extractor  # resolves the weights id, needed by every fingerprint below
+            _ = self.extractor  # loading it resolves the weights id, needed by every fingerprint below
         self._cache = self._current_descriptors() if current is not None else {}
         self.backend.check_dim(self._searchable_dim())
 
@@ -88,6 +88,7 @@ class Builder:
 
     def _current_descriptors(self) -> dict[str, tuple[Entry, np.ndarray | None]]:
         cur = self.current
+        assert cur is not None  # called only when updating an existing index
         if cur.spec.raw_fingerprint() != self.spec.raw_fingerprint():
             return {}
         raw = cur.descriptors()
@@ -120,6 +121,7 @@ class Builder:
         return index, report
 
     def _reload_kept(self, keep: list[Entry]) -> list[tuple[Entry, np.ndarray | None]]:
+        assert self.current is not None  # kept entries come from the current generation
         raw = self.current.descriptors()
         return [(e, None if e.row is None else np.array(raw[e.row])) for e in keep]
 
@@ -223,12 +225,13 @@ class Builder:
         if self.spec.whitening == "none":
             return "none", raw
         if self.spec.whitening == "lw":  # learned from pairs by `matchlens train`, stored in the checkpoint
-            model = lw_from_checkpoint(self.spec.weights, self.spec.whitening_params.get("dim"))
-            model.save(tmp / WHITENING)
-            return "fitted", model.transform(raw)
-        cur = self.current
-        if not self.refit and cur is not None and cur.whitening_file() is not None:
-            model = PCAWhitening.load(cur.whitening_file())
+            learned = lw_from_checkpoint(self.spec.weights, self.spec.whitening_params.get("dim"))
+            learned.save(tmp / WHITENING)
+            return "fitted", learned.transform(raw)
+        fitted = self.current.whitening_file() if self.current is not None else None
+        model: PCAWhitening
+        if not self.refit and fitted is not None:
+            model = PCAWhitening.load(fitted)
         else:
             train = raw if self.spec.whitening_source == "collection" else self._whitening_set()
             params = dict(self.spec.whitening_params)

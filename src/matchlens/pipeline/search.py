@@ -118,7 +118,7 @@ class SearchPipeline:
             return None, cached
         if not self.encoder.loaded:
             with _timer(timings, "load_model"):  # once per process: the first query pays it
-                self.encoder.extractor
+                _ = self.encoder.extractor  # loads the network and its runtime
         with _timer(timings, "decode"):
             image = self.encoder.load(query.source, query.box)
         with _timer(timings, "extract"):

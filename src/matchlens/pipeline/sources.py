@@ -108,7 +108,9 @@ class FusedRanking:
         candidates = np.unique(np.concatenate([rows for rows, _ in lists]))
         matrix = np.stack([normalise(r.score_rows(s, candidates), self.fusion.norm)
                            for r, s in zip(self.rankers, states)])
-        fused = self.fusion.operator.fuse(matrix, self.fusion.weights)
+        operator = self.fusion.operator
+        assert operator is not None  # a single kind is ranked by rank() without fusing
+        fused = operator.fuse(matrix, self.fusion.weights)
         order = np.lexsort((candidates, -fused))
         rows, scores = candidates[order], fused[order]
         if depth <= len(rows):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from matchlens.components import Component, optional, positive_float, positive_int
+from matchlens.linalg import l2_normalize
 
 __all__ = ["DBAParams", "DBA_DEFAULTS", "dba_vectors", "validate_dba_params"]
 
@@ -71,7 +72,7 @@ def dba_vectors(vectors: np.ndarray, k: int = 3, alpha: float | None = None, bat
         _, found = search(x[own], depth)
         neighbours = x[_self_first(found, own)]  # (b, depth, d)
         weights = _weights(x[own], neighbours, k, alpha)
-        out[own] = _l2_rows(np.einsum("bi,bid->bd", weights, neighbours))
+        out[own] = l2_normalize(np.einsum("bi,bid->bd", weights, neighbours))
     return out
 
 
@@ -95,9 +96,3 @@ def _weights(rows: np.ndarray, neighbours: np.ndarray, k: int, alpha: float | No
         return np.broadcast_to(linear, neighbours.shape[:2])
     similarity = np.einsum("bd,bid->bi", rows, neighbours)
     return np.maximum(similarity, 0.0) ** np.float32(alpha)
-
-
-def _l2_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (a zero row stays zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)

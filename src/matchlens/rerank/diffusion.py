@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from matchlens.components import in_range, positive_float, positive_int
+from matchlens.fileio import atomic_write
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
 if TYPE_CHECKING:
@@ -102,16 +102,9 @@ def _affinity(sims: np.ndarray, gamma: float) -> np.ndarray:
 def save_graph(path: str | os.PathLike, graph: sp.spmatrix) -> None:
     """Write ``graph`` to ``path`` (npz) atomically: readers see the old file or the whole new one."""
     import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_write(path, "wb") as handle:  # a handle, so scipy does not append ".npz" to the name
         # Uncompressed: graphs are loaded once per process and zlib barely shrinks float data.
-        sp.save_npz(tmp, sp.csr_matrix(graph), compressed=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        sp.save_npz(handle, sp.csr_matrix(graph), compressed=False)
 
 
 def load_graph(path: str | os.PathLike) -> sp.csr_matrix:

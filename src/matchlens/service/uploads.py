@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Sequence
 from PIL import Image, UnidentifiedImageError
 
 from matchlens.errors import BoxError, ImageLoadError, MatchlensError
+from matchlens.fileio import atomic_write
 from matchlens.io.images import crop_to_box
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -175,14 +175,8 @@ def write_inside(folder: Path, name: str, data: bytes) -> Path:
     target = (folder / name).resolve()
     if target.parent != folder.resolve():
         raise MatchlensError(f"refusing to write {name!r} outside the upload folder")
-    handle, temporary = tempfile.mkstemp(prefix=".upload-", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "wb") as stream:
+        stream.write(data)
     return target
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from matchlens.errors import MatchlensError
+from matchlens.fileio import atomic_write, write_json_atomic
 from matchlens.train.positives import TrainingSet
 
 __all__ = ["atomic_torch_save", "load_trainset", "plot_curve", "save_trainset"]
@@ -18,17 +18,11 @@ __all__ = ["atomic_torch_save", "load_trainset", "plot_curve", "save_trainset"]
 
 def atomic_torch_save(content: Any, path: Path) -> None:
     """``torch.save`` to a temporary sibling, fsync, then rename: a crash leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
+        with atomic_write(path, "wb") as handle:
             torch.save(content, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         raise MatchlensError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_trainset(path: Path, trainset: TrainingSet) -> None:
@@ -36,9 +30,7 @@ def save_trainset(path: Path, trainset: TrainingSet) -> None:
             "positives": {str(k): v for k, v in trainset.positives.items()},
             "excluded": {str(k): sorted(v) for k, v in trainset.excluded.items()},
             "pool": trainset.pool, "source": trainset.source, "notes": trainset.notes}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def load_trainset(path: Path) -> TrainingSet:
@@ -77,8 +69,9 @@ def plot_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     ax.legend(loc="upper left")
     ax.set_title("matchlens train")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return path

@@ -15,10 +15,10 @@ from matchlens.errors import ConfigError, WeightsError
 from matchlens.registry import Registry
 
 from .learned import LearnedWhitening
-from .pca import IdentityWhitening, PCAWhitening, l2_normalize, read_npz
+from .pca import IdentityWhitening, PCAWhitening, read_npz
 
-__all__ = ["WHITENINGS", "IdentityWhitening", "LearnedWhitening", "PCAWhitening", "l2_normalize", "load_whitening",
-           "make_whitening", "whitening_names"]
+__all__ = ["WHITENINGS", "IdentityWhitening", "LearnedWhitening", "PCAWhitening", "load_whitening", "make_whitening",
+           "whitening_names"]
 
 WHITENINGS: Registry[type[PCAWhitening] | type[IdentityWhitening] | type[LearnedWhitening]] = Registry("whitening")
 WHITENINGS.register(IdentityWhitening.name)(IdentityWhitening)

@@ -12,24 +12,19 @@ import json
 import math
 import os
 import zipfile
-from pathlib import Path
 from numbers import Integral, Real
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
 from matchlens.errors import ConfigError, WeightsError
+from matchlens.fileio import atomic_write
+from matchlens.linalg import l2_normalize
 
-__all__ = ["IdentityWhitening", "PCAWhitening", "l2_normalize"]
+__all__ = ["IdentityWhitening", "PCAWhitening"]
 
 FORMAT_VERSION = 1
 _CHUNK_ROWS = 16384  # bounds the float64 temporaries: 16k × 2048 × 8 B = 256 MiB
-
-
-def l2_normalize(Y: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm, as float32; all-zero rows stay zero."""
-    norms = np.linalg.norm(Y, axis=1, keepdims=True)
-    return (Y / np.maximum(norms, np.finfo(np.float64).tiny)).astype(np.float32)
 
 
 def _as_matrix(X: Any, what: str, width: int | None = None) -> np.ndarray:
@@ -69,14 +64,8 @@ def _map_rows(X: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], width: int,
 def _write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     """Write ``arrays`` to exactly ``path`` via a temporary sibling, so a crash never leaves a
     half-written file where a good one was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as handle:  # a handle, so numpy does not append ".npz" to the name
+        np.savez(handle, **arrays)
 
 
 def read_npz(path: str | os.PathLike, kind: str | None) -> dict[str, np.ndarray]:

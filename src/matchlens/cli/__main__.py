@@ -1,0 +1,5 @@
+"""``python -m matchlens.cli``."""
+
+from matchlens.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""presets, demo, serve."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from matchlens.cli.common import (PresetOpt, app, err, out, progress_factory)
+
+
+@app.command()
+def presets() -> None:
+    """List the named pipelines."""
+    from matchlens.config import DEFAULT_PRESET, PRESETS, spec_from_preset
+
+    table = Table("preset", "pipeline")
+    table.add_row(f"default (= {DEFAULT_PRESET})", spec_from_preset("default").describe())
+    for name in sorted(PRESETS):
+        table.add_row(name, spec_from_preset(name).describe())
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Argument(Path("demo-out"), help="Where the demo collection, index and results go."),
+    preset: str = PresetOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """The main job on the embedded default: build a demo collection, index it, search, write HTML."""
+    from matchlens.demo import run_demo
+
+    with progress_factory(not quiet) as progress:
+        result = run_demo(out_dir, preset=preset, progress=progress)
+    out.print(f"demo collection: {result.collection_dir} ({result.n_images} images, {result.n_queries} queries)")
+    out.print(f"index: {result.index_dir}")
+    out.print(f"results page: {result.html_path}")
+    out.print(f"demo mAP: {100 * result.map:.1f}  (top-1 correct: {result.top1_correct}/{result.n_queries})")
+
+
+@app.command()
+def serve(
+    index_dir: Path = typer.Argument(..., help="Index folder to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port).", min=0, max=65535),
+    token: Optional[str] = typer.Option(None, envvar="MATCHLENS_TOKEN", show_envvar=True,
+                                        help="API token that enables POST /images and DELETE /images/{id}."),
+    max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Largest accepted upload (MB).", min=0.001),
+    max_pixels: int = typer.Option(64_000_000, "--max-pixels", help="Largest declared image size (pixels).", min=1),
+    verifier: Optional[Path] = typer.Option(None, "--verifier", help="Verifier checkpoint (matchlens train-verifier): the evidence view shows its heatmaps instead of spatial-verification inliers."),
+) -> None:
+    """Serve an index over HTTP: search API, web page at /, API docs at /docs (Ctrl+C stops)."""
+    from matchlens.service.server import is_loopback, serve as run_server
+
+    if not is_loopback(host):
+        err.print(f"warning: listening on {host}: anyone who can reach it can search"
+                  + ("" if token else " (writes stay disabled without --token)"), markup=False, highlight=False)
+    run_server(index_dir, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+               max_pixels=max_pixels, verifier=verifier,
+               on_ready=lambda url: _announce(f"matchlens: serving {index_dir} at {url} (writes "
+                                              f"{'enabled' if token else 'disabled'}; evidence: "
+                                              f"{'verifier' if verifier else 'spatial'}; Ctrl+C stops)"))
+
+
+def _announce(line: str) -> None:
+    out.print(line, markup=False, highlight=False)
+    sys.stdout.flush()  # scripts wait for this line (the URL) through a pipe
