@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.matchlens-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test bench-extract bench-quality clean
+.PHONY: venv demo test check bench-extract bench-quality bench-startup clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Static checks (CI runs them before the tests): ruff (E, F, W, B), mypy (pyproject [tool.mypy]),
+# and the layer contract of docs/architecture.md.
+check: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/mypy src/matchlens
+	$(BIN)/python tools/check_architecture.py
+
+bench-startup: $(STAMP)
+	$(BIN)/python benchmarks/startup.py
 
 bench-extract: $(STAMP)
 	$(BIN)/python benchmarks/extract.py

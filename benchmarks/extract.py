@@ -47,8 +47,10 @@ from PIL import Image
 from matchlens.config import PipelineSpec, spec_from_preset
 from matchlens.extract import Extractor, l2_normalize
 from matchlens.extract.export import exported_model
-from matchlens.extract.runtime import (OnnxRuntime, OpenVinoRuntime, TorchRuntime, cpu_threads, resolve_runtime,
-                                       runtime_name)
+from matchlens.extract.hardware import cpu_threads
+from matchlens.extract.onnx_runtimes import OnnxRuntime, OpenVinoRuntime
+from matchlens.extract.runtime import resolve_runtime, runtime_name
+from matchlens.extract.torch_runtime import TorchRuntime
 from matchlens.models import load_backbone
 from matchlens.pooling import make_pooling
 

@@ -15,7 +15,7 @@ from PIL import Image
 from matchlens.config import MULTI_SCALES, PipelineSpec
 from matchlens.errors import ConfigError
 from matchlens.extract import Extractor, l2_normalize
-from matchlens.extract import export, runtime
+from matchlens.extract import export, onnx_runtimes, runtime
 from matchlens.models import load_backbone
 from matchlens.pooling import make_pooling
 from tests.conftest import make_scene, run_cli
@@ -239,8 +239,8 @@ def test_cli_runtime_option_info_and_interchangeable_descriptors(capsys, scenes_
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
 def test_openvino_static_shape_models_equal_the_dynamic_one_and_stay_bounded(model_cache):
     path, _ = export.exported_model(load_backbone("tf_efficientnet_lite0"))
-    dynamic = runtime.OpenVinoRuntime(path, 2, static_slots=0)
-    static = runtime.OpenVinoRuntime(path, 2, static_after=1, static_slots=2)
+    dynamic = onnx_runtimes.OpenVinoRuntime(path, 2, static_slots=0)
+    static = onnx_runtimes.OpenVinoRuntime(path, 2, static_after=1, static_slots=2)
     arrays = [np.random.default_rng(i).standard_normal((1, 3, h, w), dtype=np.float32)
               for i, (h, w) in enumerate([(64, 96), (97, 65), (32, 160)])]
     for parallel in (False, True):
@@ -254,11 +254,11 @@ def test_openvino_static_shape_models_equal_the_dynamic_one_and_stay_bounded(mod
 FIRST_INFERENCES_AT_ONCE = """
 import sys, threading
 import numpy as np, torch
-from matchlens.extract import export, runtime
+from matchlens.extract import export, onnx_runtimes
 torch.manual_seed(0)  # the same tiny network in every process: one export, shared through the lock
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU()).eval()
 path, _ = export.exported_model(net, sys.argv[1])
-rt = runtime.OpenVinoRuntime(path, 2)
+rt = onnx_runtimes.OpenVinoRuntime(path, 2)
 rt.parallelism  # compiles the streams model (no NumPy involved) so that the threads start together
 start = threading.Barrier(4)
 def run(i):

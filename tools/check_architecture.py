@@ -100,7 +100,7 @@ def layer_of(module: str, layers: list[list[str]]) -> tuple[int, str] | None:
     best = None
     for number, layer in enumerate(layers):
         for member in layer:
-            if module == member or module.startswith(member + "."):
+            if module == member or (member != PACKAGE and module.startswith(member + ".")):
                 if best is None or len(member) > len(best[1]):
                     best = (number, member)
     return best

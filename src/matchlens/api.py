@@ -11,13 +11,17 @@ Example::
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from matchlens.config import PipelineSpec, spec_from_preset
-from matchlens.index import store
+from matchlens.evaluate.protocol import dataset_paths, default_protocol, evaluate_index
+from matchlens.fusion import parse_fusion
+from matchlens.index import backends, store
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import scan_many
+from matchlens.io.formats import load_dataset
 from matchlens.pipeline import KEEP, BuildReport, Index, SearchPipeline, SearchResult, open_index
 
 if TYPE_CHECKING:
@@ -66,9 +70,7 @@ def make_backend(name: str | None = None, factory: str | None = None, uri: str |
     """A vector backend: ``faiss`` with a factory string (``Flat``, ``IVF1024,PQ64``, ``HNSW32``) or
     ``milvus`` with an index type and a URI (a local ``.db`` path is Milvus Lite). Parameters:
     ``train_size``, ``nprobe``, ``efSearch``/``ef``, ``refine`` (see :mod:`matchlens.index.backends`)."""
-    from matchlens.index.backends import make_backend as make
-
-    return make(name, factory, uri, **params)
+    return backends.make_backend(name, factory, uri, **params)
 
 
 def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None, preset: str = "default") -> Index:
@@ -107,11 +109,6 @@ def evaluate_dataset(
     ``fuse``: rank by a descriptor kind or a fusion (``"cnn+asmk:ghm"``); kinds the index lacks
     are added with their default parameters first.
     """
-    import tempfile
-
-    from matchlens.evaluate.protocol import dataset_paths, default_protocol, evaluate_index
-    from matchlens.io.formats import load_dataset
-
     dataset = load_dataset(dataset_root, dataset_format, **(dataset_options or {}))
     protocols = list(protocols or [default_protocol(dataset)])
     with tempfile.TemporaryDirectory(prefix="matchlens-eval-") as tmp:
@@ -192,8 +189,6 @@ def fused_searcher(index: Index, fuse: str, progress: ProgressFactory | None = N
     """The search pipeline ranking ``index`` by ``fuse`` (a kind, or a fusion like ``"cnn+asmk:ghm"``;
     see :mod:`matchlens.fusion.expression`); with ``add_missing``, kinds the index lacks are encoded first."""
     from matchlens.classic import encode_kind, kind_names
-    from matchlens.fusion import parse_fusion
-
     if add_missing:
         for name in set(parse_fusion(fuse).kinds) - {"cnn", *kind_names(index.store)}:
             encode_kind(index.store, name, progress=progress)

@@ -16,21 +16,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from matchlens.errors import ConfigError
+from matchlens.pooling.specs import POOLINGS
+from matchlens.registry import Registry
+from matchlens.whitening import WHITENINGS
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
 
-def _poolings():
-    """The pooling registry (torch-free; imported on first use so this module stays cheap)."""
-    from matchlens.pooling.specs import POOLINGS
-
+def _poolings() -> Registry:
+    """The pooling registry (torch-free)."""
     return POOLINGS
 
 
-def _whitenings():
+def _whitenings() -> Registry:
     """The whitening registry (``lw``: learned from pairs by `matchlens train`)."""
-    from matchlens.whitening import WHITENINGS
-
     return WHITENINGS
 
 
@@ -194,11 +193,11 @@ def parse_params(text: str | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"bad parameter {item!r}; write name=value[,name=value]")
-        params[key.strip()] = _parse_value(value.strip())
+        params[key.strip()] = parse_value(value.strip())
     return params
 
 
-def _parse_value(value: str) -> Any:
+def parse_value(value: str) -> Any:
     for cast in (int, float):
         try:
             return cast(value)

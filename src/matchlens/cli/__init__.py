@@ -7,6 +7,7 @@ package and imports its own code only when it runs, so ``matchlens --help`` star
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -58,8 +59,6 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
 
 def _family(key: str):
     """The registry behind a help placeholder."""
-    import importlib
-
     module, attribute = _FAMILIES[key]
     return getattr(importlib.import_module(module), attribute)
 

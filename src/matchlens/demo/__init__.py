@@ -8,6 +8,7 @@ from pathlib import Path
 from matchlens.demo.collection import build_demo_collection
 from matchlens.demo.report import ResultRow, write_results_page
 from matchlens.evaluate.metrics import average_precision, mean_average_precision
+from matchlens.api import build_index_report
 
 
 @dataclass
@@ -25,8 +26,6 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int = 5, progress=None) -> DemoResult:
     """Build the demo collection, index it with ``preset``, run every query, write ``results.html``."""
-    from matchlens.api import build_index_report
-
     out_dir = Path(out_dir).resolve()
     collection, queries_dir, queries = build_demo_collection(out_dir)
     index, _ = build_index_report(collection, out_dir / "index", preset=preset, rebuild=True, progress=progress)

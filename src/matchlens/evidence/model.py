@@ -22,6 +22,8 @@ from matchlens.evidence.config import VerifierConfig
 from matchlens.evidence.grid import BackbonePatches, describe
 from matchlens.evidence.networks import build_network
 from matchlens.evidence.tensor import correlation_tensor
+from matchlens.fileio import atomic_write
+from matchlens.io.images import load_image
 
 CHECKPOINT_FORMAT = "matchlens-verifier"
 CHECKPOINT_VERSION = 1
@@ -161,9 +163,8 @@ class EvidenceModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
                    "meta": {**self.meta, **meta}, "state_dict": self.network.state_dict()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
+        with atomic_write(path) as handle:  # a crash never leaves a half-written checkpoint under the real name
+            torch.save(payload, handle)
         return path
 
     @classmethod
@@ -220,8 +221,6 @@ def explain_pair(query_image: ImageInput, target_image: ImageInput,
         :class:`Explanation` with ``score``, ``query_map``, ``target_map`` (float arrays at image
         resolution) and ``png_bytes()`` for the side-by-side overlay.
     """
-    from matchlens.io.images import load_image
-
     evidence_model = load_model(model)
     query = _fit(load_image(query_image, max_side=max_side), max_side)
     target = _fit(load_image(target_image, max_side=max_side), max_side)

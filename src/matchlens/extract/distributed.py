@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import MatchlensError, SourceError
-from matchlens.extract.extractor import Described
-
-if TYPE_CHECKING:
-    from matchlens.extract.extractor import Extractor
+from matchlens.extract.extractor import Described, Extractor
 
 BATCH = 16          # paths per task: large enough to hide scheduling overhead (~ms), small enough to balance
 IN_FLIGHT = 4       # tasks queued per worker thread: bounds driver memory on huge collections
@@ -38,8 +35,6 @@ def describe_batch(spec_dict: dict, paths: list[str]) -> list[Described]:
     The extractor of a spec is built on the worker's first task and kept for the next ones; it
     uses as many torch threads as the worker has Dask threads.
     """
-    from matchlens.extract.extractor import Extractor
-
     spec = PipelineSpec.from_dict(spec_dict)
     key = spec.fingerprint()
     extractor = _WORKER_EXTRACTORS.get(key)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -44,15 +46,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 def torch_version() -> str:
     """The installed torch's version without its local part (``2.14.1``), without importing it
     where it is not loaded yet."""
-    import sys
-
     module = sys.modules.get("torch")
     if module is not None:
         return str(module.__version__).split("+")[0]
     try:
-        from importlib.metadata import version
-
-        return version("torch").split("+")[0]
+        return importlib.metadata.version("torch").split("+")[0]
     except Exception:  # not installed: no export can have been traced by it
         return "none"
 

@@ -25,8 +25,10 @@ from PIL import Image
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import MatchlensError
+from matchlens.extract.hardware import cpu_threads, cuda_available
 from matchlens.extract.preprocess import decode_side, load_for_spec, normaliser, scale_side, to_array
-from matchlens.extract.runtime import Runtime, cpu_threads, cuda_available, open_runtime, runtime_name
+from matchlens.extract.runtime import open_runtime, runtime_name
+from matchlens.extract.runtime_api import Runtime
 from matchlens.io.images import load_image
 from matchlens.linalg import l2_normalize
 

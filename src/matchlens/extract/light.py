@@ -23,26 +23,28 @@ The folder (e.g. ``INDEX/model/``) holds two files, both written atomically:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
+from matchlens.extract.export import OPSET, _trace_to_onnx, exported_model, file_sha256, torch_version
+from matchlens.extract.extractor import Extractor, runtime_name
+from matchlens.extract.hardware import cpu_threads
 from matchlens.extract.numpy_pooling import numpy_pooling
 from matchlens.extract.preprocess import load_for_spec, normaliser, scale_side, to_array
-from matchlens.extract.runtime import AUTO, cpu_threads, requested_runtime
+from matchlens.extract.runtime import AUTO, requested_runtime
+from matchlens.extract.runtime_api import _version
 from matchlens.fileio import atomic_path, atomic_write, write_json_atomic
 from matchlens.linalg import l2_normalize
-
-if TYPE_CHECKING:  # annotations only
-    from matchlens.extract.extractor import Extractor
 
 __all__ = ["LightEncoder", "MODEL_FILE", "META_FILE", "open_query_encoder", "read_query_model",
            "write_query_model"]
@@ -115,8 +117,6 @@ def write_query_model(spec: PipelineSpec, folder: str | os.PathLike, backbone: A
 
 def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
     """Copy the user cache's export into ``model``; None where there is none and none can be made."""
-    from matchlens.extract.export import exported_model
-
     try:
         source, expected = exported_model(backbone)
     except ConfigError:  # unwritable cache or an unexportable network: the caller traces directly
@@ -135,8 +135,6 @@ def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
 
 def _trace_into(backbone: Any, model: Path) -> tuple[str, int]:
     """Trace ``backbone`` straight into ``model`` (atomically); ConfigError if it cannot be exported."""
-    from matchlens.extract.export import _trace_to_onnx, file_sha256
-
     with atomic_path(model) as tmp:  # the exporter writes by file name, not into a handle
         _trace_to_onnx(backbone, tmp)
         digest, size = file_sha256(tmp), os.path.getsize(tmp)
@@ -144,8 +142,6 @@ def _trace_into(backbone: Any, model: Path) -> tuple[str, int]:
 
 
 def _exported_with() -> str:
-    from matchlens.extract.export import OPSET, torch_version
-
     return f"torch {torch_version()}, opset {OPSET}"
 
 
@@ -191,8 +187,6 @@ def read_query_model(spec: PipelineSpec, folder: str | os.PathLike) -> dict[str,
         key = (str(model.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         digest = _DIGESTS.get(key)
         if digest is None:
-            from matchlens.extract.export import file_sha256
-
             digest = file_sha256(model)
     except OSError as exc:
         raise IndexError_(f"the query model {model} is unreadable: {exc.strerror or exc}; "
@@ -261,8 +255,6 @@ class LightEncoder:
     @property
     def runtime(self) -> str:
         """E.g. ``onnxruntime 1.32.0 (cpu, 2 threads, torch-free)``."""
-        from matchlens.extract.runtime import _version
-
         return f"onnxruntime {_version('onnxruntime')} (cpu, {self.threads} threads, torch-free)"
 
     def load(self, source, box: Sequence[float] | None = None) -> Image.Image:
@@ -314,17 +306,12 @@ def open_query_encoder(spec: PipelineSpec, folder: str | os.PathLike | None, *, 
             if strict:
                 raise IndexError_(message) from None
             (warn or _warn)(f"{message}; describing queries with the full PyTorch pipeline instead")
-    from matchlens.extract.extractor import Extractor
-
     return Extractor(spec, threads=threads, runtime=runtime)
 
 
 def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, runtime: str | None = None) -> str:
     """What describes the queries of an index (``matchlens info``): its exported model through
     ONNX Runtime, torch-free, when :func:`open_query_encoder` would use it, else the runtime's name."""
-    from matchlens.extract.extractor import runtime_name
-    from matchlens.extract.runtime import _version
-
     if folder is not None and requested_runtime(runtime) in (AUTO, "onnxruntime") and _has_onnxruntime():
         try:
             if read_query_model(spec, folder) is not None:
@@ -335,8 +322,6 @@ def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, run
 
 
 def _has_onnxruntime() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("onnxruntime") is not None
 
 

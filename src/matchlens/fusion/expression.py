@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matchlens.config import _parse_value as parse_value  # TODO(lead): public name after the config rework
+from matchlens.config import parse_value
 from matchlens.errors import ConfigError
 from matchlens.fusion.normalise import NORMALISERS
 from matchlens.fusion.operators import FUSIONS, Fusion, normalised_weights

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,6 @@ def writer_lock(root: Path) -> Iterator[None]:
     Any OSError or SQLite error inside (permissions, disk full, read-only file system) becomes a
     one-line IndexError_: every write goes to a new generation, so the previous index is intact.
     """
-    import sqlite3
-
     if root.exists() and not root.is_dir():
         raise IndexError_(f"'{root}' is a file, not an index folder")
     try:

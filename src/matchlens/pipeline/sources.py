@@ -10,7 +10,6 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from matchlens.classic import open_kind
 from matchlens.fusion.expression import CNN, FusionSpec
 from matchlens.fusion.normalise import normalise
 from matchlens.index.vectors import VectorIndex
@@ -81,6 +80,8 @@ class FusedRanking:
 
     def __init__(self, index: VectorIndex, fusion: FusionSpec, vector_of: VectorOf, refresh: bool = True,
                  progress: Any = None) -> None:
+        from matchlens.classic import open_kind  # deferred: SciPy and OpenCV load only for --kind/--fuse
+
         self.index, self.fusion = index, fusion
         self.rankers: list[KindRanker] = [
             GlobalRanker(index, vector_of) if name == CNN else ClassicRanker(open_kind(index, name, refresh, progress))

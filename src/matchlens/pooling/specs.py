@@ -36,7 +36,8 @@ class PoolingSpec(Component):
 
     def build(self) -> "Pooling":
         """The ``nn.Module`` (``forward((B, C, H, W)) -> (B, C)``, not normalised); imports torch."""
-        from matchlens.pooling import functional, modules
+        import matchlens.pooling.functional as functional  # deferred: torch
+        import matchlens.pooling.modules as modules  # deferred: torch
 
         if self.module:
             built = getattr(modules, self.module)(**self.config)

@@ -18,6 +18,7 @@ from PIL import Image
 from matchlens.components import Component
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
+from matchlens.config import parse_value
 
 
 @dataclass
@@ -105,8 +106,6 @@ RERANKERS: Registry[type[Reranker]] = Registry("reranker")
 
 def parse_chain(text: str | None) -> list[Reranker]:
     """Parse ``"sv:k=100,aqe:k=2,diffusion"`` into reranker objects (registry names)."""
-    from matchlens.config import _parse_value
-
     if not text or not text.strip():
         return []
     steps: list[tuple[str, dict[str, Any]]] = []
@@ -124,7 +123,7 @@ def parse_chain(text: str | None) -> list[Reranker]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"bad rerank parameter {item!r} in {text!r}; write name:param=value")
-        steps[-1][1][key.strip()] = _parse_value(value.strip())
+        steps[-1][1][key.strip()] = parse_value(value.strip())
     return [RERANKERS.get(name)(**params) for name, params in steps]
 
 

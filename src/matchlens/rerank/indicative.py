@@ -23,6 +23,7 @@ from PIL import Image
 from matchlens.errors import ConfigError, MatchlensError
 from matchlens.components import in_range, one_of, positive_int
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
+from matchlens.evidence.pairs import load_small, shrink
 
 __all__ = ["IndicativeReranker"]
 
@@ -85,8 +86,7 @@ class IndicativeReranker(Reranker):
 
     def score_images(self, query: Image.Image, targets: list[Image.Image]) -> np.ndarray:
         """Verifier probabilities of ``query`` against each target, with PRF when configured."""
-        from matchlens.evidence.pairs import shrink
-        from matchlens.evidence.prf import pool_query_maps, reweight_query
+        from matchlens.evidence.prf import pool_query_maps, reweight_query  # deferred: torch
 
         model, side = self.model, self.config["side"]
         query = shrink(query, side)
@@ -101,8 +101,6 @@ class IndicativeReranker(Reranker):
 
     def _targets(self, ctx: RerankContext, rows: list[int]) -> tuple[list[int], list[Image.Image]]:
         """The readable database images among ``rows`` (unreadable ones are logged and left out)."""
-        from matchlens.evidence.pairs import load_small
-
         kept, images = [], []
         for row in rows:
             try:

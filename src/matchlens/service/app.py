@@ -35,6 +35,7 @@ from matchlens.service.live import LiveIndex, NotFound, Snapshot
 from matchlens.service.query import evidence_query, timed_search
 from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, BodyLimit, DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited,
                                        safe_name, write_inside)
+from matchlens.rerank import RERANKERS
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000
@@ -222,8 +223,6 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
     @app.get("/index", response_model=IndexInfo, tags=["index"])
     def index_info() -> IndexInfo:
         """The index's pipeline spec, counts and what this server allows."""
-        from matchlens.rerank import RERANKERS
-
         index = live.snapshot().index
         return IndexInfo(
             generation=index.generation, images=index.size, skipped=len(index.skipped()), dim=index.dim,

@@ -10,6 +10,8 @@ import contextlib
 import ipaddress
 import signal
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -60,9 +62,6 @@ def bind(host: str, port: int) -> socket.socket:
 @contextlib.contextmanager
 def background(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
     """Run ``app`` with uvicorn in a thread (tests, benchmarks); yields its base URL, stops it on exit."""
-    import threading
-    import time
-
     import uvicorn
 
     sock = bind(host, port)

@@ -16,6 +16,9 @@ from typing import Any, Sequence
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import ConfigError
+from matchlens.evaluate.protocol import dataset_paths, evaluate_index
+from matchlens.io.formats import load_dataset
+from matchlens.pipeline import Index
 
 __all__ = ["checkpoint_spec", "evaluate_before_after"]
 
@@ -57,10 +60,6 @@ def evaluate_before_after(checkpoint: str | Path, datasets: Sequence[str], group
 
 
 def _evaluate_one(root: str, pipelines, groups: set[str], progress) -> list[dict[str, Any]]:
-    from matchlens.evaluate.protocol import dataset_paths, evaluate_index
-    from matchlens.pipeline import Index
-    from matchlens.io.formats import load_dataset
-
     dataset = load_dataset(root)
     paths = dataset_paths(dataset)
     rows = []

@@ -28,6 +28,8 @@ from matchlens.io.datasets import Dataset
 from matchlens.io.images import load_image
 from matchlens.local.features import extract_rootsift
 from matchlens.local.verify import count_inliers, match_features
+from matchlens.io.collection import scan_source
+from matchlens.rerank.diffusion import build_knn_graph, diffuse
 
 __all__ = ["TrainingSet", "from_dataset", "from_group_folders", "from_manifold", "from_verification",
            "holdout_images"]
@@ -105,8 +107,6 @@ def from_dataset(dataset: Dataset, train_groups: set[str] | None = None,
 
 def from_group_folders(root: str | Path) -> TrainingSet:
     """Tuples from a folder per group: images of one subfolder match each other."""
-    from matchlens.io.collection import scan_source
-
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"'{root}' is not a folder of group folders")
@@ -172,8 +172,6 @@ def from_manifold(images: Sequence[str], vectors: np.ndarray, anchors: int = 100
     """Label-free tuples by manifold mining: for each of the ``anchors`` best-connected images,
     the positive is, among its ``candidates`` top neighbours by diffusion, the one with the worst
     Euclidean rank; its ``protect`` top manifold neighbours are never its negatives."""
-    from matchlens.rerank.diffusion import build_knn_graph, diffuse
-
     x = np.asarray(vectors, np.float32)
     n = len(x)
     graph = build_knn_graph(x, k=k, gamma=3.0)

@@ -5,7 +5,8 @@ negatives re-mined from the current model 3 times per epoch, at most one per gro
 loss with margin 0.7 (triplet: 0.1); SGD lr 1e-3, momentum 0.9, weight decay 5e-4 (Adam: lr 1e-6
 as cirtorch); lr decayed by exp(-0.01) per epoch; 5 tuples per optimizer step; BatchNorm frozen.
 
-Output folder ``OUT``:
+Output folder ``OUT`` (file names and checkpoint content: :mod:`matchlens.train.checkpoint`;
+the options: :class:`~matchlens.train.config.TrainConfig`):
 
 * ``last.pt`` - model, optimizer, scheduler, RNG state, epoch/step and history, written
   atomically every epoch (and every ``save_every`` optimizer steps): a run interrupted (Ctrl-C,
@@ -19,122 +20,31 @@ Output folder ``OUT``:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from matchlens.config import DEFAULT_BACKBONE, PipelineSpec
-from matchlens.errors import ConfigError, MatchlensError, SourceError
-from matchlens.models.weights import MATCHLENS_KIND
-from matchlens.train.losses import LOSSES, nt_xent_loss, tuple_loss
+from matchlens.config import PipelineSpec
+from matchlens.models import load_backbone
+from matchlens.models.weights import read_checkpoint
+from matchlens.train.checkpoint import (BEST, CURVE, HISTORY, LAST, PROGRESS_KEYS, TRAINSET, load_best_weights,
+                                        resume_training, save_checkpoint, trained_spec, training_state)
+from matchlens.train.config import ProgressFactory, TrainConfig, TrainingInterrupted, TrainResult
+from matchlens.train.data import build_trainset, maybe_dataset, unlabeled_images, validation_set
+from matchlens.train.losses import nt_xent_loss, tuple_loss
 from matchlens.train.mining import mine_negatives
-from matchlens.train.model import BN_MODES, ImageStore, RetrievalNet, describe, reestimate_batchnorm, set_batchnorm_mode
+from matchlens.train.model import ImageStore, RetrievalNet, describe, reestimate_batchnorm, set_batchnorm_mode
+from matchlens.train.persist import load_trainset, plot_curve, save_trainset
 from matchlens.train.positives import TrainingSet
 from matchlens.train.validation import ValidationSet
+from matchlens.whitening.learned import LearnedWhitening
 
-__all__ = ["POSITIVE_SOURCES", "TrainConfig", "TrainResult", "TrainingInterrupted", "train"]
-
-POSITIVE_SOURCES = ("gt", "folders", "sv", "manifold", "selfsup")
-CHECKPOINT_FORMAT = 1
-LAST, BEST, TRAINSET, HISTORY, CURVE = "last.pt", "best.pt", "trainset.json", "history.json", "curve.png"
-# Fields that must not change when a run is resumed (the others, e.g. epochs, may be raised).
-_FIXED_ON_RESUME = ("data", "positives", "backbone", "weights", "max_side", "loss", "negatives", "tuples",
-                    "batch", "optimizer", "seed", "train_groups", "holdout_groups")
-
-ProgressFactory = Callable[[int, str], Callable[[int], None]]
-
-
-class TrainingInterrupted(MatchlensError):
-    """Training stopped by the user; the last checkpoint is kept and the same command resumes."""
-
-    exit_code = 130
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in its checkpoints)."""
-
-    data: str
-    out: str
-    positives: str = "gt"
-    dataset_format: str | None = None
-    train_groups: list[str] | None = None
-    val_groups: list[str] | None = None
-    holdout_groups: list[str] = field(default_factory=list)
-    val_data: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None
-    max_side: int = 320
-    loss: str = "contrastive"
-    margin: float | None = None
-    negatives: int = 5
-    tuples: int = 50
-    batch: int = 5
-    epochs: int = 3
-    remine: int = 3
-    pool_size: int = 2000
-    optimizer: str = "sgd"
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    bn: str = "frozen"
-    gem_p: float = 3.0
-    learn_p: bool = True
-    lw: bool = True
-    lw_dim: int | None = None
-    save_every: int = 0
-    seed: int = 0
-    knn: int = 5
-    min_inliers: int = 20
-    anchors: int = 100
-    crop: int = 128
-    temperature: float = 0.1
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.positives not in POSITIVE_SOURCES:
-            raise ConfigError(f"unknown positives source {self.positives!r}; choose one of: {', '.join(POSITIVE_SOURCES)}")
-        LOSSES.get(self.loss)
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
-        if self.bn not in BN_MODES:
-            raise ConfigError(f"unknown BatchNorm mode {self.bn!r}; choose one of: {', '.join(BN_MODES)}")
-        for name in ("negatives", "tuples", "batch", "epochs", "remine", "pool_size", "knn", "anchors"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 32 <= self.max_side <= 4096:
-            raise ConfigError(f"max_side must be from 32 to 4096, got {self.max_side}")
-        if self.positives == "selfsup" and self.batch < 2:
-            raise ConfigError("self-supervised training needs --batch of at least 2 images")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-3 if self.optimizer == "sgd" else 1e-6)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    best_checkpoint: Path
-    last_checkpoint: Path
-    history: list[dict[str, Any]]
-    best_epoch: int
-    best_map: float | None
-    resumed_from: tuple[int, int] | None
-    lw_map: float | None
-    curve: Path | None
-    notes: list[str]
+__all__ = ["train"]
 
 
 def train(config: TrainConfig, progress: ProgressFactory | None = None, log: Callable[[str], None] | None = None,
@@ -149,14 +59,12 @@ def train(config: TrainConfig, progress: ProgressFactory | None = None, log: Cal
 
 class _Trainer:
     def __init__(self, config: TrainConfig, progress, log, on_step) -> None:
-        from matchlens.models import load_backbone
-
         self.config, self.progress, self.log, self.on_step = config, progress, log, on_step
         self.out = Path(config.out).expanduser()
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         if config.threads:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import threadpool_limits  # deferred: training's thread limits only
 
             # On a busy CPU one thread can be much faster than two (torch and BLAS spin-wait).
             torch.set_num_threads(config.threads)
@@ -169,7 +77,7 @@ class _Trainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-0.01))
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "history": [], "best_map": None, "best_epoch": 0}
         self.resumed_from = self._resume() if (self.out / LAST).exists() else None
-        self.dataset = _maybe_dataset(config.data, config.dataset_format)
+        self.dataset = maybe_dataset(config.data, config.dataset_format)
         self.trainset = self._trainset()
         self.valset = self._valset()
         self._negatives: dict[int, list[int]] = {}
@@ -286,7 +194,7 @@ class _Trainer:
 
     # --- self-supervised ----------------------------------------------------------------------
     def _selfsup_loss(self, epoch: int, start: int, batch: list[int]) -> float:
-        from matchlens.train.selfsup import two_views
+        from matchlens.train.selfsup import two_views  # deferred: torchvision's transforms, self-supervised runs only
 
         gen = torch.Generator().manual_seed(hash((self.config.seed, epoch, start)) % (2**31))
         v1, v2 = two_views([self.store.image(self.images[i]) for i in batch], self.config.crop, gen)
@@ -300,15 +208,13 @@ class _Trainer:
         return self.trainset.images if self.trainset is not None else self._unlabeled
 
     def _trainset(self) -> TrainingSet | None:
-        from matchlens.train.persist import load_trainset, save_trainset
-
         path = self.out / TRAINSET
         if self.config.positives == "selfsup":
-            self._unlabeled = _unlabeled_images(self.config, self.dataset)
+            self._unlabeled = unlabeled_images(self.config, self.dataset)
             return None
         if path.exists() and self.resumed_from is not None:
             return load_trainset(path)
-        trainset = _build_trainset(self.config, self.dataset, self.model, self.store, self.progress)
+        trainset = build_trainset(self.config, self.dataset, self.model, self.store, self.progress)
         save_trainset(path, trainset)
         for note in trainset.notes:
             self.log(note)
@@ -317,22 +223,7 @@ class _Trainer:
         return trainset
 
     def _valset(self) -> ValidationSet | None:
-        from matchlens.io.formats import load_dataset
-        from matchlens.train.validation import validation_from_dataset
-
-        cfg = self.config
-        if cfg.val_data:
-            return validation_from_dataset(load_dataset(cfg.val_data))
-        if cfg.val_groups:
-            if self.dataset is None:
-                raise ConfigError("--val-groups needs a dataset with ground truth as DATA")
-            hidden = set(cfg.holdout_groups) - set(cfg.val_groups)
-            from matchlens.train.positives import holdout_images
-
-            drop = holdout_images(self.dataset, hidden)
-            dataset = dataclasses.replace(self.dataset, images=tuple(n for n in self.dataset.images if n not in drop))
-            return validation_from_dataset(dataset, set(cfg.val_groups))
-        return None
+        return validation_set(self.config, self.dataset)
 
     def _bn_paths(self, epoch: int) -> list[str]:
         rng = np.random.default_rng([self.config.seed, epoch, 2])
@@ -368,44 +259,16 @@ class _Trainer:
         self._save(self.out / LAST, epoch, training=True)
 
     def _save(self, path: Path, epoch: int, training: bool, lw: dict | None = None) -> None:
-        from matchlens.models.backbones import backbone_state_dict
-        from matchlens.train.persist import atomic_torch_save
-
-        meta = {"kind": MATCHLENS_KIND, "format": CHECKPOINT_FORMAT, "spec": self.spec().to_dict(),
-                "gem_p": self.model.gem_p, "epoch": epoch, "val_map": self.state["best_map"],
-                "config": self.config.to_dict(), "lw": lw}
-        content: dict[str, Any] = {"state_dict": backbone_state_dict(self.model.backbone), "matchlens": meta}
-        if training:
-            content["training"] = {
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.state["epoch"], "step": self.state["step"], "history": self.state["history"],
-                "best_map": self.state["best_map"], "best_epoch": self.state["best_epoch"],
-                "torch_rng": torch.get_rng_state(), "state": self.model.state_dict(),
-            }
-        atomic_torch_save(_to_cpu(content), path)
+        state = training_state(self.model, self.optimizer, self.scheduler, self.state) if training else None
+        save_checkpoint(path, self.config, self.model, epoch, self.state["best_map"], lw, state)
 
     def spec(self) -> PipelineSpec:
         """The pipeline spec of the trained model (what an index built from the checkpoint uses)."""
-        return PipelineSpec(backbone=self.config.backbone, max_side=self.config.max_side, scales=(1.0,),
-                            pooling="gem", pooling_params={"p": round(self.model.gem_p, 6)})
+        return trained_spec(self.config, self.model)
 
     def _resume(self) -> tuple[int, int]:
-        from matchlens.models.weights import read_checkpoint
-
-        content = read_checkpoint(self.out / LAST)
-        training = content.get("training") if isinstance(content, dict) else None
-        old = (content.get("matchlens") or {}).get("config", {}) if training else {}
-        if not training:
-            raise ConfigError(f"{self.out / LAST} holds no training state; choose an empty --out folder")
-        changed = [k for k in _FIXED_ON_RESUME if old.get(k) != self.config.to_dict().get(k)]
-        if changed:
-            raise ConfigError(f"{self.out} holds a run with different {', '.join(changed)}; "
-                              "use the same options to resume, or --restart (or another --out) to start over")
-        self.model.load_state_dict(training["state"])
-        self.optimizer.load_state_dict(training["optimizer"])
-        self.scheduler.load_state_dict(training["scheduler"])
-        torch.set_rng_state(training["torch_rng"])
-        for key in ("epoch", "step", "history", "best_map", "best_epoch"):
+        training = resume_training(self.out, self.config, self.model, self.optimizer, self.scheduler)
+        for key in PROGRESS_KEYS:
             self.state[key] = training[key]
         self.log(f"resuming from epoch {training['epoch'] + 1}, tuple {training['step']} ({self.out / LAST})")
         return int(training["epoch"]), int(training["step"])
@@ -415,11 +278,8 @@ class _Trainer:
         """Fit Lw on the best model's descriptors of the training pairs (matching: query-positive;
         non-matching: query and its mined hard negatives), store it in best.pt, and return the
         validation mAP with it."""
-        from matchlens.models.weights import read_checkpoint
-        from matchlens.whitening.learned import LearnedWhitening
-
         best = read_checkpoint(self.out / BEST)
-        self._load_best_weights(best)
+        load_best_weights(self.model, self.config.backbone, self.out / BEST, best)
         ts = self.trainset
         assert ts is not None  # run() learns Lw only with a training set
         queries = ts.queries
@@ -445,31 +305,8 @@ class _Trainer:
         (self.out / HISTORY).write_text(json.dumps(history + [{"lw_val_map": lw_map}], indent=1))
         return lw_map
 
-    def _load_best_weights(self, best: dict) -> None:
-        from matchlens.models import load_backbone
-
-        backbone = load_backbone(self.config.backbone, self.out / BEST)
-        self.model.backbone.load_state_dict(backbone.state_dict())
-        p = float(best["matchlens"]["gem_p"])
-        if isinstance(self.model.pool.p, torch.Tensor):
-            self.model.pool.p.data.fill_(p)
-        self.model.eval()
-
     def _plot(self) -> Path | None:
-        from matchlens.train.persist import plot_curve
-
         return plot_curve(self.state["history"], self.out / CURVE)
-
-
-def _to_cpu(obj: Any) -> Any:
-    """A copy of a checkpoint's content with every tensor on the CPU (loadable anywhere)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
 
 
 def _optimizer(model: RetrievalNet, config: TrainConfig) -> torch.optim.Optimizer:
@@ -481,55 +318,3 @@ def _optimizer(model: RetrievalNet, config: TrainConfig) -> torch.optim.Optimize
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-
-
-def _maybe_dataset(data: str, dataset_format: str | None):
-    """The dataset at ``data`` (gt.json or an official layout), or None for a plain folder."""
-    from matchlens.io.formats import detect_format, load_dataset
-
-    if not Path(data).expanduser().exists():
-        raise SourceError(f"training data '{data}' does not exist")
-    if dataset_format is None:
-        try:
-            dataset_format = detect_format(data)
-        except MatchlensError:
-            return None
-    return load_dataset(data, dataset_format)
-
-
-def _unlabeled_images(config: TrainConfig, dataset) -> list[str]:
-    """The images of a label-free run: the dataset's images minus held-out groups, or a folder."""
-    if dataset is not None:
-        from matchlens.train.positives import holdout_images
-
-        drop = holdout_images(dataset, set(config.holdout_groups))
-        return [str(dataset.image_path(n)) for n in dataset.images if n not in drop]
-    from matchlens.io.collection import scan_source
-
-    images = scan_source(config.data)
-    if not images:
-        raise SourceError(f"no images in '{config.data}'")
-    return images
-
-
-def _build_trainset(config: TrainConfig, dataset, model: RetrievalNet, store: ImageStore,
-                    progress: ProgressFactory | None) -> TrainingSet:
-    from matchlens.train import positives as sources
-
-    if config.positives == "gt":
-        if dataset is None:
-            raise ConfigError(f"'{config.data}' has no ground truth (gt.json or an official layout); "
-                              "use --positives folders, sv, manifold or selfsup")
-        train = set(config.train_groups) if config.train_groups else None
-        return sources.from_dataset(dataset, train, set(config.holdout_groups))
-    if config.positives == "folders":
-        return sources.from_group_folders(config.data)
-    images = _unlabeled_images(config, dataset)
-    advance = progress(len(images), "describing (initial model)") if progress else None
-    vectors = describe(model, store, images, advance)
-    if config.positives == "sv":
-        n_pairs = len(sources._knn_pairs(vectors, config.knn))
-        advance = progress(n_pairs, "verifying pairs") if progress else None
-        return sources.from_verification(images, vectors, k=config.knn, min_inliers=config.min_inliers,
-                                         advance=advance)
-    return sources.from_manifold(images, vectors, anchors=config.anchors, k=max(config.knn, 5))

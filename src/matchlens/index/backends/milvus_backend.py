@@ -31,6 +31,7 @@ import numpy as np
 from matchlens.components import optional, positive_int
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
 from matchlens.index.backends.base import BACKENDS, Candidates, VectorBackend, WriteJob, in_batches
+from matchlens.config import parse_value
 
 LITE_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 DEFAULT_LITE_DB = "milvus.db"
@@ -185,8 +186,6 @@ class MilvusBackend(VectorBackend):
 
 def parse_index(text: str) -> tuple[str, dict[str, Any]]:
     """``"HNSW:M=16,efConstruction=200"`` → ``("HNSW", {"M": 16, "efConstruction": 200})``."""
-    from matchlens.config import _parse_value
-
     kind, _, rest = text.partition(":")
     kind = kind.strip().upper()
     if not kind.replace("_", "").isalnum():
@@ -196,7 +195,7 @@ def parse_index(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"bad Milvus index parameter {item!r} in {text!r}; write param=value")
-        params[key.strip()] = _parse_value(value.strip())
+        params[key.strip()] = parse_value(value.strip())
     return kind, params
 
 
