@@ -5,15 +5,32 @@ Pipeline: patch grid (raw pixels or backbone cells) → multi-metric 4D tensor �
 regulation → Grad-CAM on every layer → contribution maps C_Q, C_T → indicative PRF.
 
 Entry point for products: :func:`explain_pair` (score + maps + PNG overlay).
+
+The names below load on first use (PEP 562): most of this package imports torch, and the
+torch-free parts (``pairs``, ``config``) are imported by the search path.
 """
 
-from matchlens.evidence.cam import aggregate, contributions, layer_gradcam, upsample
-from matchlens.evidence.config import METRIC_NAMES, VerifierConfig, parse_grid
-from matchlens.evidence.har import HAR, hypersphere_mask
-from matchlens.evidence.model import EvidenceModel, Explanation, explain_pair, load_model
-from matchlens.evidence.prf import pool_query_maps, reweight_query
-from matchlens.evidence.tensor import METRICS, correlation_tensor
+from __future__ import annotations
 
-__all__ = ["HAR", "METRICS", "METRIC_NAMES", "EvidenceModel", "Explanation", "VerifierConfig", "aggregate",
-           "contributions", "correlation_tensor", "explain_pair", "hypersphere_mask", "layer_gradcam", "load_model",
-           "parse_grid", "pool_query_maps", "reweight_query", "upsample"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "aggregate": "cam", "contributions": "cam", "layer_gradcam": "cam", "upsample": "cam",
+    "METRIC_NAMES": "config", "VerifierConfig": "config", "parse_grid": "config",
+    "HAR": "har", "hypersphere_mask": "har",
+    "EvidenceModel": "model", "Explanation": "model", "explain_pair": "model", "load_model": "model",
+    "pool_query_maps": "prf", "reweight_query": "prf",
+    "METRICS": "tensor", "correlation_tensor": "tensor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Load an exported name from its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'matchlens.evidence' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

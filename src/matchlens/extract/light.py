@@ -39,7 +39,7 @@ from matchlens.errors import ConfigError, IndexError_, MatchlensError
 from matchlens.extract.export import OPSET, _trace_to_onnx, exported_model, file_sha256, torch_version
 from matchlens.extract.extractor import Extractor, runtime_name
 from matchlens.extract.hardware import cpu_threads
-from matchlens.extract.numpy_pooling import numpy_pooling
+from matchlens.extract.numpy_pooling import NUMPY_POOLINGS, numpy_pooling
 from matchlens.extract.preprocess import load_for_spec, normaliser, scale_side, to_array
 from matchlens.extract.runtime import AUTO, requested_runtime
 from matchlens.extract.runtime_api import _version
@@ -291,7 +291,7 @@ def open_query_encoder(spec: PipelineSpec, folder: str | os.PathLike | None, *, 
     ``Extractor(spec)``. A damaged or foreign export is reported through ``warn`` (default: a
     RuntimeWarning) and the Extractor used, or with ``strict`` raised as a one-line IndexError_.
     """
-    if folder is not None and requested_runtime(runtime) in (AUTO, "onnxruntime") and _has_onnxruntime():
+    if usable(spec, folder, runtime):
         try:
             meta = read_query_model(spec, folder)
             if meta is not None:
@@ -312,13 +312,21 @@ def open_query_encoder(spec: PipelineSpec, folder: str | os.PathLike | None, *, 
 def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, runtime: str | None = None) -> str:
     """What describes the queries of an index (``matchlens info``): its exported model through
     ONNX Runtime, torch-free, when :func:`open_query_encoder` would use it, else the runtime's name."""
-    if folder is not None and requested_runtime(runtime) in (AUTO, "onnxruntime") and _has_onnxruntime():
+    if usable(spec, folder, runtime):
         try:
             if read_query_model(spec, folder) is not None:
                 return f"onnxruntime {_version('onnxruntime')} (cpu, the index's exported model, torch-free)"
         except MatchlensError as exc:
             return f"{runtime_name(runtime)} (the index's exported model is unusable: {exc})"
     return runtime_name(runtime)
+
+
+def usable(spec: PipelineSpec, folder: str | os.PathLike | None, runtime: str | None = None) -> bool:
+    """Whether the torch-free path may describe queries of ``spec``: an export folder, ONNX Runtime
+    installed and asked for (``auto`` or ``onnxruntime``), and a NumPy twin of the spec's pooling
+    (a pooling added without one is searched through PyTorch, see docs/extending.md)."""
+    return (folder is not None and spec.pooling in NUMPY_POOLINGS
+            and requested_runtime(runtime) in (AUTO, "onnxruntime") and _has_onnxruntime())
 
 
 def _has_onnxruntime() -> bool:
