@@ -36,7 +36,7 @@ from PIL import Image
 
 from matchlens.config import PipelineSpec
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
-from matchlens.extract.export import OPSET, _trace_to_onnx, exported_model, file_sha256, torch_version
+from matchlens.extract import export as onnx_export  # module-qualified: tests replace its tracer
 from matchlens.extract.extractor import Extractor, runtime_name
 from matchlens.extract.hardware import cpu_threads
 from matchlens.extract.numpy_pooling import NUMPY_POOLINGS, numpy_pooling
@@ -118,7 +118,7 @@ def write_query_model(spec: PipelineSpec, folder: str | os.PathLike, backbone: A
 def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
     """Copy the user cache's export into ``model``; None where there is none and none can be made."""
     try:
-        source, expected = exported_model(backbone)
+        source, expected = onnx_export.exported_model(backbone)
     except ConfigError:  # unwritable cache or an unexportable network: the caller traces directly
         return None
     digest = hashlib.sha256()
@@ -136,13 +136,13 @@ def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
 def _trace_into(backbone: Any, model: Path) -> tuple[str, int]:
     """Trace ``backbone`` straight into ``model`` (atomically); ConfigError if it cannot be exported."""
     with atomic_path(model) as tmp:  # the exporter writes by file name, not into a handle
-        _trace_to_onnx(backbone, tmp)
-        digest, size = file_sha256(tmp), os.path.getsize(tmp)
+        onnx_export._trace_to_onnx(backbone, tmp)
+        digest, size = onnx_export.file_sha256(tmp), os.path.getsize(tmp)
     return digest, size
 
 
 def _exported_with() -> str:
-    return f"torch {torch_version()}, opset {OPSET}"
+    return f"torch {onnx_export.torch_version()}, opset {onnx_export.OPSET}"
 
 
 # --- reading (query time: no torch) -----------------------------------------------------------
@@ -187,7 +187,7 @@ def read_query_model(spec: PipelineSpec, folder: str | os.PathLike) -> dict[str,
         key = (str(model.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         digest = _DIGESTS.get(key)
         if digest is None:
-            digest = file_sha256(model)
+            digest = onnx_export.file_sha256(model)
     except OSError as exc:
         raise IndexError_(f"the query model {model} is unreadable: {exc.strerror or exc}; "
                           "rebuild the index to rewrite it") from None

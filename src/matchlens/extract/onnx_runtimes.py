@@ -32,7 +32,6 @@ class OnnxRuntime(Runtime):
     """ONNX Runtime on the CPU: a session using every thread for queries, a one-thread session
     called from several threads at once for streams of images."""
 
-    name = "onnxruntime"
 
     def __init__(self, model: Path, threads: int) -> None:
         import onnxruntime  # deferred: only when this runtime is chosen (0.2 s)
@@ -78,7 +77,6 @@ class OpenVinoRuntime(Runtime):
     Images are never padded or distorted to fit a shape.
     """
 
-    name = "openvino"
     PRECISION = OPENVINO_PRECISION
 
     def __init__(self, model: Path, threads: int, static_after: int = 2, static_slots: int = 24) -> None:

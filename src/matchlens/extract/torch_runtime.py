@@ -22,7 +22,6 @@ __all__ = ["TorchRuntime"]
 class TorchRuntime(Runtime):
     """Eager PyTorch; one forward at a time (PyTorch already spreads one forward over every core)."""
 
-    name = "pytorch"
 
     def __init__(self, backbone: torch.nn.Module, threads: int, device: str | None = None,
                  cache_dir: str | os.PathLike | None = None) -> None:
