@@ -291,7 +291,7 @@ def open_query_encoder(spec: PipelineSpec, folder: str | os.PathLike | None, *, 
     ``Extractor(spec)``. A damaged or foreign export is reported through ``warn`` (default: a
     RuntimeWarning) and the Extractor used, or with ``strict`` raised as a one-line IndexError_.
     """
-    if usable(spec, folder, runtime):
+    if folder is not None and usable(spec, runtime):
         try:
             meta = read_query_model(spec, folder)
             if meta is not None:
@@ -312,7 +312,7 @@ def open_query_encoder(spec: PipelineSpec, folder: str | os.PathLike | None, *, 
 def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, runtime: str | None = None) -> str:
     """What describes the queries of an index (``matchlens info``): its exported model through
     ONNX Runtime, torch-free, when :func:`open_query_encoder` would use it, else the runtime's name."""
-    if usable(spec, folder, runtime):
+    if folder is not None and usable(spec, runtime):
         try:
             if read_query_model(spec, folder) is not None:
                 return f"onnxruntime {_version('onnxruntime')} (cpu, the index's exported model, torch-free)"
@@ -321,12 +321,12 @@ def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, run
     return runtime_name(runtime)
 
 
-def usable(spec: PipelineSpec, folder: str | os.PathLike | None, runtime: str | None = None) -> bool:
-    """Whether the torch-free path may describe queries of ``spec``: an export folder, ONNX Runtime
+def usable(spec: PipelineSpec, runtime: str | None = None) -> bool:
+    """Whether the torch-free path may describe queries of ``spec`` (given an export): ONNX Runtime
     installed and asked for (``auto`` or ``onnxruntime``), and a NumPy twin of the spec's pooling
     (a pooling added without one is searched through PyTorch, see docs/extending.md)."""
-    return (folder is not None and spec.pooling in NUMPY_POOLINGS
-            and requested_runtime(runtime) in (AUTO, "onnxruntime") and _has_onnxruntime())
+    return (spec.pooling in NUMPY_POOLINGS and requested_runtime(runtime) in (AUTO, "onnxruntime")
+            and _has_onnxruntime())
 
 
 def _has_onnxruntime() -> bool:

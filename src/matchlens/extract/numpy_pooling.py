@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from typing import Any, Callable
 
 import numpy as np
 
 from matchlens.errors import ConfigError
+from matchlens.pooling.regions import rmac_regions
 
 __all__ = ["NUMPY_POOLINGS", "numpy_pooling", "rmac_regions"]
 
-RMAC_OVERLAP = 0.4
-RMAC_LONG_SIDE_STEPS = (2, 3, 4, 5, 6, 7)
-
-Region = tuple[int, int, int, int]  # (y0, x0, h, w) in feature-map cells
 
 
 def mac(x: np.ndarray) -> np.ndarray:
@@ -48,45 +44,6 @@ def gem(x: np.ndarray, p: float = 3.0, eps: float = 1e-6, learn_p: bool = False)
     """Generalised mean ``(mean max(X, eps)^p)^(1/p)`` per channel (``learn_p`` only matters in training)."""
     x = np.maximum(x.astype(np.float64, copy=False), eps)
     return np.power(np.power(x, p).mean(axis=(-2, -1)), 1.0 / p)
-
-
-def _long_side_extra(height: int, width: int) -> int:
-    short, long = min(height, width), max(height, width)
-    if short == long:
-        return 0
-    # float32 throughout, as the reference (and cirtorch): at near-ties its rounding decides.
-    # torch computes ``number / tensor`` as ``number * reciprocal(tensor)``: so here too (11×47
-    # differs otherwise).
-    steps = np.asarray(RMAC_LONG_SIDE_STEPS, dtype=np.float32)
-    stride = np.float32(long - short) * (np.float32(1) / (steps - np.float32(1)))
-    overlap = (np.float32(short**2) - np.float32(short) * stride) / np.float32(short**2)
-    return int(np.argmin(np.abs(overlap - np.float32(RMAC_OVERLAP)))) + 1
-
-
-def _region_starts(side: int, size: int, count: int) -> list[int]:
-    if count == 1:
-        return [0]
-    stride = np.float32((side - size) / (count - 1))
-    half = math.floor(size / 2 - 1)
-    ks = np.arange(count, dtype=np.float32)
-    return [int(v) for v in (np.floor(np.float32(half) + ks * stride) - np.float32(half)).tolist()]
-
-
-@functools.lru_cache(maxsize=256)
-def rmac_regions(height: int, width: int, levels: int = 3) -> tuple[Region, ...]:
-    """The R-MAC grid of an ``H×W`` map, equal to :func:`matchlens.pooling.functional.rmac_regions`."""
-    short = min(height, width)
-    extra = _long_side_extra(height, width)
-    extra_w, extra_h = (extra, 0) if width > height else (0, extra)
-    regions: list[Region] = [(0, 0, height, width)]
-    for level in range(1, levels + 1):
-        size = math.floor(2 * short / (level + 1))
-        if size == 0:
-            continue
-        for y0 in _region_starts(height, size, level + extra_h):
-            for x0 in _region_starts(width, size, level + extra_w):
-                regions.append((y0, x0, size, size))
-    return tuple(regions)
 
 
 def rmac(x: np.ndarray, levels: int = 3, eps: float = 1e-6) -> np.ndarray:

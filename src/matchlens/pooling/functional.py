@@ -10,17 +10,15 @@ Notation follows LITERATURE.md, "Pooling": ``X_k`` is channel ``k`` of the map.
 
 from __future__ import annotations
 
-import math
 
 import torch
+
+from matchlens.pooling.regions import rmac_regions
 
 __all__ = ["crow", "gem", "mac", "rmac", "rmac_regions", "spoc", "spoc_prior"]
 
 # R-MAC grid constants of Tolias et al., as in cirtorch's ``rmac``.
-RMAC_OVERLAP = 0.4
-RMAC_LONG_SIDE_STEPS = (2, 3, 4, 5, 6, 7)
 
-Region = tuple[int, int, int, int]  # (y0, x0, h, w) in feature-map cells
 
 
 def _check_map(x: torch.Tensor) -> None:
@@ -78,68 +76,6 @@ def gem(x: torch.Tensor, p: float | torch.Tensor = 3.0, eps: float = 1e-6) -> to
     """
     _check_map(x)
     return x.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
-
-
-def _long_side_extra(height: int, width: int) -> int:
-    """How many regions the long side gets beyond the short side at each level (0 if square).
-
-    Chooses the number of regions along the long side from ``RMAC_LONG_SIDE_STEPS`` so that
-    consecutive level-1 regions overlap by about ``RMAC_OVERLAP``.
-    """
-    short, long = min(height, width), max(height, width)
-    if short == long:
-        return 0
-    # float32 on purpose: cirtorch computes this in float32, and at near-ties (e.g. a 3×11 map)
-    # its rounding decides the count; matching it keeps descriptors equal to cirtorch's.
-    steps = torch.tensor(RMAC_LONG_SIDE_STEPS, dtype=torch.float32)
-    stride = (long - short) / (steps - 1)
-    overlap = (short**2 - short * stride) / short**2
-    return int(torch.argmin(torch.abs(overlap - RMAC_OVERLAP))) + 1
-
-
-def _region_starts(side: int, size: int, count: int) -> list[int]:
-    """First cells of ``count`` windows of ``size`` spread evenly from 0 to ``side - size``."""
-    if count == 1:
-        return [0]
-    stride = (side - size) / (count - 1)
-    half = math.floor(size / 2 - 1)
-    # Same float32 expression as cirtorch's "centre" computation (floor(half + k·stride) - half):
-    # float32 rounding can move a start one cell left of the exact floor(k·stride).
-    ks = torch.arange(count, dtype=torch.float32)
-    return [int(v) for v in (torch.floor(half + ks * stride) - half).tolist()]
-
-
-def rmac_regions(height: int, width: int, levels: int = 3) -> list[Region]:
-    """The R-MAC regions of an ``H×W`` map, as ``(y0, x0, h, w)`` cell boxes, in pooling order.
-
-    The list is the grid of cirtorch's ``rmac`` (Tolias et al.'s rigid grid):
-
-    1. the whole map ``(0, 0, H, W)``;
-    2. then for each level ``l = 1..levels``: square regions of side
-       ``s_l = floor(2·min(H, W) / (l + 1))``, with ``l`` regions along the short side and
-       ``l + e`` along the long side, where ``e`` (1..6, 0 for a square map) is chosen once per
-       map so that level-1 regions overlap by about 40%. Along each side of length ``n`` with
-       ``m`` regions, region ``k`` starts at ``floor(k·(n - s_l)/(m - 1))`` (0 if ``m = 1``),
-       computed in float32 like cirtorch. Rows vary slowest. Levels with ``s_l = 0`` are
-       skipped.
-
-    For a square map the level-1 region is the whole map again, so it is counted twice, as in
-    cirtorch. A 5×7 map with 3 levels gives 1 + 2 + 6 + 12 = 21 regions.
-    """
-    if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    short = min(height, width)
-    extra = _long_side_extra(height, width)
-    extra_w, extra_h = (extra, 0) if width > height else (0, extra)
-    regions: list[Region] = [(0, 0, height, width)]
-    for level in range(1, levels + 1):
-        size = math.floor(2 * short / (level + 1))
-        if size == 0:
-            continue
-        for y0 in _region_starts(height, size, level + extra_h):
-            for x0 in _region_starts(width, size, level + extra_w):
-                regions.append((y0, x0, size, size))
-    return regions
 
 
 def _l2n(v: torch.Tensor, eps: float) -> torch.Tensor:
