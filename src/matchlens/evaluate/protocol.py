@@ -21,7 +21,7 @@ from matchlens.evaluate import metrics
 from matchlens.evaluate.results import Evaluation, QueryOutcome
 from matchlens.io.datasets import Dataset, Query
 from matchlens.pipeline import Query as SearchQuery
-from matchlens.pipeline import SearchPipeline
+from matchlens.pipeline import Index, SearchPipeline
 
 PROTOCOLS = ("cropped", "full")
 KS = (1, 5, 10)
@@ -64,7 +64,7 @@ def protocol_label(dataset: Dataset, protocol: str) -> str:
 
 
 def evaluate_index(
-    searcher: SearchPipeline,
+    searcher: SearchPipeline | Index,
     dataset: Dataset,
     protocol: str | None = None,
     progress: Callable[[int, str], Callable[[int], None]] | None = None,
@@ -72,7 +72,10 @@ def evaluate_index(
 ) -> Evaluation:
     """Rank every query of ``dataset`` against the whole index through ``searcher`` (the search
     pipeline ``matchlens search`` uses; re-ranked by the chain ``rerank``, e.g.
-    ``"sv:k=100,aqe:k=2"``) and compute per-query and mean metrics."""
+    ``"sv:k=100,aqe:k=2"``) and compute per-query and mean metrics. An :class:`Index` is
+    searched through its own pipeline."""
+    if isinstance(searcher, Index):
+        searcher = searcher.pipeline
     protocol = protocol or default_protocol(dataset)
     chosen = select_queries(dataset, protocol)
     names = _path_names(searcher, dataset)
