@@ -61,6 +61,11 @@ class Registry(Generic[T]):
         """All registered names, sorted."""
         return sorted(self._items)
 
+    def ordered(self) -> tuple[str, ...]:
+        """All registered names in registration order (a family's default order, e.g. the
+        verifier's metric channels)."""
+        return tuple(self._items)
+
     def choices(self) -> str:
         """The sorted names as ``"a, b, c"`` (error messages)."""
         return ", ".join(self.names())

@@ -53,7 +53,7 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
     "whitenings": ("matchlens.whitening", "WHITENINGS"), "runtimes": ("matchlens.extract.runtime", "RUNTIMES"),
     "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
     "encodings": ("matchlens.classic", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
-    "normalisers": ("matchlens.fusion", "NORMALISERS"),
+    "normalisers": ("matchlens.fusion", "NORMALISERS"), "metrics": ("matchlens.evidence.tensor", "METRICS"),
 }
 
 

@@ -22,7 +22,7 @@ def train_verifier_command(
     patch_px: int = typer.Option(12, "--patch-px", min=1, help="Pixels per patch side (raw-pixel descriptors)."),
     features: str = typer.Option("pixels", "--features", help="Patch descriptors: pixels (P0) or backbone (feature-map cells)."),
     backbone: str = typer.Option("tf_efficientnet_lite0", "--backbone", help="Backbone for --features backbone."),
-    metrics: str = typer.Option("cosine,euclidean,manhattan,mahalanobis", "--metrics", help="Tensor channels."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Tensor channels, comma-separated, from {metrics} (default: all)."),
     arch: str = typer.Option("resnet18", "--arch", help="resnet18 (reshaped (mn)x(mn) tensor) or conv4d."),
     har: bool = typer.Option(True, "--har/--no-har", help="Hypersphere attention regulation on every layer."),
     epochs: int = typer.Option(4, "--epochs", min=1),
@@ -39,7 +39,7 @@ def train_verifier_command(
 
     rows, cols = parse_grid(grid)
     config = VerifierConfig(rows=rows, cols=cols, patch_px=patch_px, source=features, backbone=backbone,
-                            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), arch=arch, har=har)
+                            metrics=_metrics(metrics), arch=arch, har=har)
     with progress_factory(not quiet) as progress:
         result, origin = train_verifier(source, out_path, config, TrainSettings(epochs=epochs, batch=batch, lr=lr, seed=seed),
                                         pairs=pairs, label_free=label_free or None, dataset_format=dataset_format,
@@ -66,3 +66,10 @@ def explain(
     target = out_path or Path(f"explain_{query.stem}_{Path(result).stem}.png")
     explanation = explain_api(index_dir, query, result, model, box=parse_box(box) if box else None, out=target)
     out.print(f"score {explanation.score:.4f}; evidence: {target}", markup=False, highlight=False)
+
+
+def _metrics(text: Optional[str]) -> tuple[str, ...]:
+    """The verifier's tensor channels: the given ones, or every registered patch metric."""
+    from matchlens.evidence.config import METRIC_NAMES
+
+    return tuple(m.strip() for m in text.split(",") if m.strip()) if text else METRIC_NAMES

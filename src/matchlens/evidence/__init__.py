@@ -7,7 +7,7 @@ regulation → Grad-CAM on every layer → contribution maps C_Q, C_T → indica
 Entry point for products: :func:`explain_pair` (score + maps + PNG overlay).
 
 The names below load on first use (PEP 562): most of this package imports torch, and the
-torch-free parts (``pairs``, ``config``) are imported by the search path.
+torch-free part (``pairs``) is imported by the search path.
 """
 
 from __future__ import annotations

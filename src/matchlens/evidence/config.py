@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from matchlens.errors import ConfigError
+from matchlens.evidence.tensor import METRICS
 
-METRIC_NAMES = ("cosine", "euclidean", "manhattan", "mahalanobis")
+METRIC_NAMES = METRICS.ordered()  # the registry is the only list of them; this is the default channel order
 ARCHS = ("resnet18", "conv4d")
 SOURCES = ("pixels", "backbone")
 
@@ -51,7 +52,7 @@ class VerifierConfig:
             raise ConfigError(f"verifier: the grid {self.rows}x{self.cols} needs at least 4 patches")
         if not self.metrics or len(set(self.metrics)) != len(self.metrics):
             raise ConfigError(f"verifier: metrics must be a non-empty set, got {','.join(self.metrics)!r}")
-        bad = [m for m in self.metrics if m not in METRIC_NAMES]
+        bad = [m for m in self.metrics if m not in METRICS]
         if bad:
             raise ConfigError(f"verifier: unknown metric {bad[0]!r}; known: {', '.join(METRIC_NAMES)}")
         if self.arch not in ARCHS:
