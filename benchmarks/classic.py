@@ -28,6 +28,7 @@ from matchlens.classic import encode_kind, kind_names, list_kinds
 from matchlens.classic.features import LocalFeatureStore
 from matchlens.cli import progress_factory
 from matchlens.evaluate.protocol import evaluate_index
+from matchlens.pipeline import SearchPipeline
 from matchlens.io.formats import load_dataset
 
 KINDS = ["bow", "vlad", "densevlad", "asmk"]
@@ -63,8 +64,7 @@ def build(data: Path, name: str, work: Path, kinds: list[str]) -> matchlens.Inde
 def evaluate(index, dataset, protocol: str, fusion: str) -> tuple[dict, float, float]:
     """(summary, cold ms/query, warm ms/query): cold includes the query's feature extraction
     (CNN and/or local features), warm is a second pass with the features memoised."""
-    searcher = index.searcher(fusion)
-    index.pipeline.encoder.clear_memo()
+    searcher = SearchPipeline(index.store, fuse=fusion)  # a fresh query encoder: nothing memoised
     LocalFeatureStore._query_memo.clear()
     times = []
     for _ in range(2):

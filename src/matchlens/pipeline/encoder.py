@@ -87,10 +87,6 @@ class QueryEncoder:
             self._memo.clear()
         self._memo[key] = vector
 
-    def clear_memo(self) -> None:
-        """Forget memoised query vectors (benchmarks that time extraction)."""
-        self._memo.clear()
-
 
 def _file_key(query: Any, box: Sequence[float] | None) -> tuple | None:
     """A memo key for a query file (None for in-memory queries)."""
