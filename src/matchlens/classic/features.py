@@ -16,7 +16,6 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import cv2
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from matchlens.errors import ConfigError, MatchlensError
+from matchlens.io.collection import file_memo_key
 from matchlens.io.images import crop_to_box, load_image
 from matchlens.local.features import FeatureCache, LocalFeatures, extract_rootsift, feature_key, rootsift_from_sift
 
@@ -224,11 +224,5 @@ def _done(item: tuple, advance: Callable[[int], None] | None) -> tuple[int, Loca
 
 
 def _memo_key(source, box, params: FeatureParams) -> tuple | None:
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    try:
-        stat = os.stat(source)
-    except OSError:
-        return None
-    return (str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns,
-            None if box is None else tuple(float(v) for v in box), params)
+    key = file_memo_key(source, box)
+    return None if key is None else (*key, params)

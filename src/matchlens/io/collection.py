@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 from matchlens.errors import SourceError
 
@@ -64,3 +65,16 @@ def _read_list(list_file: Path) -> list[str]:
     if not paths:
         raise SourceError(f"list file '{list_file}' names no files")
     return list(dict.fromkeys(paths))
+
+
+def file_memo_key(source: object, box: Sequence[float] | None = None) -> tuple | None:
+    """A memo key for a query given as a file: (absolute path, size, mtime, box); None for
+    in-memory queries and unreadable paths (never memoised). A changed file gets a new key."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return (str(Path(source).resolve()), stat.st_size, stat.st_mtime_ns,
+            None if box is None else tuple(float(v) for v in box))

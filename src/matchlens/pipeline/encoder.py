@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,6 +15,7 @@ from PIL import Image
 
 from matchlens.extract import open_query_encoder
 from matchlens.index.vectors import VectorIndex
+from matchlens.io.collection import file_memo_key
 from matchlens.whitening import load_whitening
 
 __all__ = ["QueryEncoder", "content_sha"]
@@ -75,28 +75,17 @@ class QueryEncoder:
 
     def cached(self, query: Any, box: Sequence[float] | None = None) -> np.ndarray | None:
         """The memoised vector of a query file (None for in-memory queries or a miss)."""
-        key = _file_key(query, box)
+        key = file_memo_key(query, box)
         return self._memo.get(key) if key is not None else None
 
     def remember(self, query: Any, box: Sequence[float] | None, vector: np.ndarray) -> None:
         """Memoise the vector of a query file (in-memory queries are not memoised)."""
-        key = _file_key(query, box)
+        key = file_memo_key(query, box)
         if key is None:
             return
         if len(self._memo) >= MEMO_SIZE:
             self._memo.clear()
         self._memo[key] = vector
-
-
-def _file_key(query: Any, box: Sequence[float] | None) -> tuple | None:
-    """A memo key for a query file (None for in-memory queries)."""
-    if not isinstance(query, (str, os.PathLike)):
-        return None
-    try:
-        stat = os.stat(query)
-    except OSError:
-        return None
-    return (str(Path(query).resolve()), stat.st_size, stat.st_mtime_ns, tuple(box) if box is not None else None)
 
 
 def content_sha(query: Any) -> str | None:
