@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Sequence
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -18,7 +20,7 @@ from matchlens.index.vectors import VectorIndex
 from matchlens.io.collection import file_memo_key
 from matchlens.whitening import load_whitening
 
-__all__ = ["QueryEncoder", "content_sha"]
+__all__ = ["QueryEncoder", "content_sha", "timer"]
 
 MEMO_SIZE = 4096
 
@@ -62,14 +64,22 @@ class QueryEncoder:
             self._whitening = load_whitening(path)  # pcaw or lw, by the kind stored
         return self._whitening.transform(raw)
 
-    def encode(self, query: Any, box: Sequence[float] | None = None,
-               keep_image: bool = False) -> tuple[Image.Image | None, np.ndarray]:
-        """(decoded query if ``keep_image``, searchable vector)."""
+    def encode(self, query: Any, box: Sequence[float] | None = None, keep_image: bool = False,
+               timings: dict[str, float] | None = None) -> tuple[Image.Image | None, np.ndarray]:
+        """(decoded query if ``keep_image``, searchable vector); with ``timings``, the milliseconds
+        of ``load_model`` (when it happens), ``decode`` and ``extract`` are recorded there."""
+        steps: dict[str, float] = {} if timings is None else timings
         cached = None if keep_image else self.cached(query, box)
         if cached is not None:
+            steps["decode"] = steps["extract"] = 0.0
             return None, cached
-        image = self.load(query, box)
-        vector = self.vector_of_image(image)
+        if not self.loaded:
+            with timer(steps, "load_model"):  # once per encoder: the first query pays it
+                _ = self.extractor  # loads the network and its runtime
+        with timer(steps, "decode"):
+            image = self.load(query, box)
+        with timer(steps, "extract"):
+            vector = self.vector_of_image(image)
         self.remember(query, box, vector)
         return (image if keep_image else None), vector
 
@@ -102,3 +112,13 @@ def content_sha(query: Any) -> str | None:
     except OSError:
         return None
     return None
+
+
+@contextmanager
+def timer(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record the milliseconds the block takes as ``timings[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = round(1000 * (time.perf_counter() - start), 3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -19,9 +18,9 @@ from PIL import Image
 from matchlens.fusion.expression import CNN, FusionSpec, parse_fusion
 from matchlens.index.vectors import VectorIndex
 from matchlens.pipeline.context import IndexContext
-from matchlens.pipeline.encoder import QueryEncoder, content_sha
+from matchlens.pipeline.encoder import QueryEncoder, content_sha, timer
 from matchlens.pipeline.results import SearchResponse, SearchResult
-from matchlens.pipeline.sources import FusedRanking
+from matchlens.pipeline.sources import FusedRanking, GlobalRanker
 from matchlens.rerank import QueryInput, Reranker, Shortlist, chain_depth, describe_chain, parse_chain, run_chain
 
 __all__ = ["Query", "SearchPipeline", "STEPS"]
@@ -53,6 +52,7 @@ class SearchPipeline:
         self.ranking = (FusedRanking(index, fusion, self._vector, progress=progress)
                         if fusion is not None and fusion.kinds != [CNN] else None)
         self.context = IndexContext(index)
+        self.global_ranker = GlobalRanker(index, self._vector)
 
     def describe(self) -> str:
         """The pipeline label: descriptor, and kinds with their fusion when fused."""
@@ -96,35 +96,18 @@ class SearchPipeline:
         image: Image.Image | None = None
         vector = np.zeros(0, np.float32)  # only read when encoded below
         if self.ranking is None or chain:
-            image, vector = self._encode(query, keep_image, timings)
-        with _timer(timings, "search"):
+            image, vector = self.encoder.encode(query.source, query.box, keep_image, timings)
+        with timer(timings, "search"):
             if self.ranking is None:
-                scores, rows = self.index.search_vectors(vector[None, :], depth)
-                shortlist = Shortlist(rows[0], scores[0]).valid()  # an approximate backend may find fewer
+                shortlist = Shortlist(*self.global_ranker.shortlist(vector, depth))
             else:
                 shortlist = self.ranking.rank(query.source, query.box, depth)
-        with _timer(timings, "rerank"):
+        with timer(timings, "rerank"):
             if chain:
                 sha = (query.sha256 or content_sha(query.source)) if image is not None else None
                 shortlist = run_chain(chain, QueryInput(vector=vector, image=image, sha256=sha), shortlist,
                                       self.context)
         return shortlist
-
-    def _encode(self, query: Query, keep_image: bool,
-                timings: dict[str, float]) -> tuple[Image.Image | None, np.ndarray]:
-        cached = None if keep_image else self.encoder.cached(query.source, query.box)
-        if cached is not None:
-            timings["decode"] = timings["extract"] = 0.0
-            return None, cached
-        if not self.encoder.loaded:
-            with _timer(timings, "load_model"):  # once per process: the first query pays it
-                _ = self.encoder.extractor  # loads the network and its runtime
-        with _timer(timings, "decode"):
-            image = self.encoder.load(query.source, query.box)
-        with _timer(timings, "extract"):
-            vector = self.encoder.vector_of_image(image)
-        self.encoder.remember(query.source, query.box, vector)
-        return (image if keep_image else None), vector
 
     def _vector(self, query: Any, box: Sequence[float] | None) -> np.ndarray:
         return self.encoder.encode(query, box)[1]
@@ -144,12 +127,3 @@ def as_chain(rerank: Chain) -> list[Reranker]:
     if isinstance(rerank, str):
         return parse_chain(rerank)
     return list(rerank or [])
-
-
-@contextmanager
-def _timer(timings: dict[str, float], step: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[step] = round(1000 * (time.perf_counter() - start), 3)
