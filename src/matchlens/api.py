@@ -23,6 +23,7 @@ from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import scan_many
 from matchlens.io.formats import load_dataset
 from matchlens.pipeline import KEEP, BuildReport, Index, SearchPipeline, SearchResult, open_index
+from matchlens.pipeline.index import as_paths
 
 if TYPE_CHECKING:
     from matchlens.classic.kinds import KindInfo
@@ -37,20 +38,23 @@ def build_index(
     preset: str = "default",
     rebuild: bool = False,
     progress: ProgressFactory | None = None,
+    replace: bool = False,
 ) -> Index:
     """Index a folder (recursive), a list file, or several of them; returns the opened index.
 
     Re-running on an existing index re-uses every unchanged image's descriptor, and a build that
     was interrupted resumes where it stopped. Unreadable files are skipped and listed
-    (``index.skipped()``).
+    (``index.skipped()``). An existing index that holds images this source does not is refused
+    unless ``replace=True`` (use :meth:`Index.add` to add to it); images whose files were deleted
+    from disk are dropped.
     """
-    return build_index_report(source, index_dir, spec, preset, rebuild, progress)[0]
+    return build_index_report(source, index_dir, spec, preset, rebuild, progress, replace=replace)[0]
 
 
 def build_index_report(
     source, index_dir, spec: PipelineSpec | None = None, preset: str = "default",
     rebuild: bool = False, progress: ProgressFactory | None = None, dba: dict | None | str = "keep",
-    backend=None, dask: str | None = None,
+    backend=None, dask: str | None = None, replace: bool = False,
 ) -> tuple[Index, BuildReport]:
     """Like :func:`build_index`, also returning what was computed, reused and skipped.
 
@@ -59,11 +63,12 @@ def build_index_report(
     backend (:func:`make_backend`, e.g. ``make_backend("faiss", "IVF1024,PQ64")`` or
     ``make_backend("milvus", "HNSW:M=16", uri="vectors.db")``); None keeps the index's current one
     (exact FAISS Flat for a new index). ``dask``: a Dask scheduler address whose workers extract.
+    ``replace``: let the build drop existing images the source does not hold.
     """
-    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    paths = scan_many([str(s) for s in sources])
+    paths = scan_many(as_paths(source))
     return Index.build(paths, index_dir, spec or spec_from_preset(preset), rebuild=rebuild, progress=progress,
-                       dba=KEEP if dba == "keep" else dba, backend=KEEP if backend is None else backend, dask=dask)
+                       dba=KEEP if dba == "keep" else dba, backend=KEEP if backend is None else backend, dask=dask,
+                       replace=replace)
 
 
 def make_backend(name: str | None = None, factory: str | None = None, uri: str | None = None, **params):
@@ -74,8 +79,9 @@ def make_backend(name: str | None = None, factory: str | None = None, uri: str |
 
 
 def create_index(index_dir: str | os.PathLike, spec: PipelineSpec | None = None, preset: str = "default") -> Index:
-    """Create an empty index (add images later with :meth:`Index.add`)."""
-    return Index.build([], Path(index_dir), spec or spec_from_preset(preset))[0]
+    """Create an empty index (add images later with :meth:`Index.add`); an existing index is
+    refused (one-line IndexError_), never emptied."""
+    return Index.build([], Path(index_dir), spec or spec_from_preset(preset), create=True)[0]
 
 
 def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: str | None = None,

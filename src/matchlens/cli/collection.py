@@ -23,6 +23,9 @@ def index(
     pooling_params: Optional[str] = PoolingParamsOpt, whitening: Optional[str] = WhiteningOpt,
     whitening_params: Optional[str] = WhiteningParamsOpt, whitening_source: Optional[str] = WhiteningSourceOpt,
     rebuild: bool = typer.Option(False, help="Replace an index built with a different pipeline."),
+    replace: bool = typer.Option(False, "--replace", help=(
+        "Make an existing index exactly SOURCE, dropping its images that SOURCE does not hold "
+        "(without it such a build is refused; 'matchlens add' adds to an index).")),
     dba: Optional[str] = typer.Option(None, "--dba", help="Database-side augmentation, e.g. k=3 or k=3,alpha=3; 'off' to remove."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     runtime: Optional[str] = RuntimeOpt,
@@ -43,7 +46,7 @@ def index(
     chosen = _backend_option(backend, factory, uri, train_size, backend_params)
     with _runtime(runtime), progress_factory(not quiet) as progress:
         idx, report = build_index_report(source, index_dir, spec, rebuild=rebuild, progress=progress,
-                                          dba=_dba_option(dba), backend=chosen, dask=dask)
+                                          dba=_dba_option(dba), backend=chosen, dask=dask, replace=replace)
     _print_report(idx, report)
 
 
@@ -102,12 +105,21 @@ def add(
 def remove(
     index_dir: Path = typer.Argument(..., help="Index folder."),
     paths: List[str] = typer.Argument(..., help="Paths (or folders) of indexed images to remove."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Confirm removing every image under a folder."),
 ) -> None:
-    """Remove images from an index."""
+    """Remove images from an index (a folder removes every image under it: confirm with --yes)."""
     from matchlens.api import open_index
+    from matchlens.errors import SourceError
 
-    idx, report = open_index(index_dir).remove(paths)
-    out.print(f"removed {report.removed}; {idx.size} images indexed in {idx.root}")
+    current = open_index(index_dir)
+    matched = current.matching(paths)
+    exact = {str(Path(p).expanduser().resolve()) for p in paths}
+    by_folder = [e for e in matched if e.path not in exact]
+    if by_folder and not yes:
+        raise SourceError(f"this would remove {len(matched)} of the {len(current.entries)} entries of '{current.root}' "
+                          f"(every image under the folders given, e.g. '{by_folder[0].path}'); add --yes to confirm")
+    idx, report = current.remove(paths)
+    out.print(f"removed {report.removed}; {idx.size} images indexed in {idx.root}", markup=False, highlight=False)
 
 
 @app.command()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from matchlens.io.collection import display_path
+from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE images (
@@ -36,13 +40,23 @@ class Entry:
 
 
 def write_entries(path: Path, entries: Iterable[Entry]) -> None:
-    """Create ``meta.sqlite`` at ``path`` holding ``entries``."""
+    """Create ``meta.sqlite`` at ``path`` holding ``entries``.
+
+    A path or error that is not valid UTF-8 text (a file name with undecodable bytes, which
+    Python gives with surrogate escapes) is stored in its printable form, the bytes written as
+    ``\\xNN`` (:func:`~matchlens.io.collection.display_path`), so one odd name never fails a build.
+    """
+    rows = []
+    for e in entries:
+        shown = display_path(e.path)
+        rows.append((e.id, e.row, shown, e.sha256, e.size, e.mtime, e.status,
+                     None if e.error is None else display_path(e.error)))
     con = sqlite3.connect(path)
     try:
         con.executescript(SCHEMA)
         con.executemany(
             "INSERT INTO images (id, row, path, sha256, size, mtime, status, error) VALUES (?,?,?,?,?,?,?,?)",
-            [(e.id, e.row, e.path, e.sha256, e.size, e.mtime, e.status, e.error) for e in entries],
+            rows,
         )
         con.commit()
     finally:
@@ -51,7 +65,9 @@ def write_entries(path: Path, entries: Iterable[Entry]) -> None:
 
 def read_entries(path: Path) -> list[Entry]:
     """All entries of a ``meta.sqlite``, ordered by id."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # A URI so the file is opened read-only and immutable (a generation never changes, and no
+    # lock or journal file is created beside it); quoted, since '#', '?' and '%' are legal in paths.
+    con = sqlite3.connect(f"file:{quote(os.fsencode(Path(path).absolute()))}?mode=ro&immutable=1", uri=True)
     try:
         rows = con.execute(
             "SELECT id, path, sha256, size, mtime, status, error, row FROM images ORDER BY id"

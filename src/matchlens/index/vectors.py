@@ -36,7 +36,7 @@ class VectorIndex:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).resolve()
-        self._gen = store.current_generation(self.root)
+        self._gen, self._reader = store.open_generation(self.root)
         try:
             self.spec = PipelineSpec.from_dict(self._gen.manifest["spec"])
         except (KeyError, TypeError, MatchlensError) as exc:
@@ -49,6 +49,18 @@ class VectorIndex:
         self._row_entry = {e.row: e for e in indexed}
         self._backend: VectorBackend | None = None
         self._searcher: Searcher | None = None
+
+    def close(self) -> None:
+        """Release the generation (writers may then delete it once superseded); idempotent.
+        Also done when the object is garbage-collected or the process ends."""
+        if self._reader is not None:
+            self._reader.release()
+
+    def __enter__(self) -> "VectorIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def manifest(self) -> dict[str, Any]:

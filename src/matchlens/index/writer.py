@@ -71,7 +71,10 @@ class GenerationWriter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "matchlens_version": __version__,
         }
-        store.commit_generation(self.root, self.tmp, manifest)
+        generation = store.commit_generation(self.root, self.tmp, manifest)
+        if self.previous is not None:
+            self.previous.close()  # the writer's own read of it; other readers keep it alive
+        store.remove_old_generations(self.root, keep=generation.path.name)
         with contextlib.suppress(Exception):  # cleanup of old Milvus collections is best-effort; the next write retries
             self.backend.after_commit(self.root, backend_entry["state"])
         return VectorIndex(self.root)

@@ -71,6 +71,7 @@ class Builder:
         self._extractor = None
         self.spec = spec
         if current is not None and not rebuild:
+            check_weights(current, spec)
             check_spec(current, spec)
             self.spec = current.spec if not spec.weights_id else spec
         if not self.spec.weights_id:
@@ -267,6 +268,23 @@ def check_spec(index: VectorIndex, spec: PipelineSpec | None) -> None:
         raise IndexError_(
             f"index '{index.root}' was built with [{mine.describe()}] but the query uses [{spec.describe()}]; "
             "query with the index's own pipeline or rebuild the index"
+        )
+
+
+def check_weights(index: VectorIndex, spec: PipelineSpec) -> None:
+    """Refuse a weights file whose contents differ from the weights the index was built with
+    (it would otherwise be ignored: an update keeps the index's own pipeline)."""
+    if not spec.weights or spec.weights_id:
+        return
+    from matchlens.models.weights import check_weights_path, weights_id  # deferred: imports torch
+
+    given = weights_id(check_weights_path(spec.weights))
+    if given != index.spec.weights_id:
+        built = index.spec.weights or f"the built-in weights of {index.spec.backbone}"
+        raise IndexError_(
+            f"index '{index.root}' was built with {built} (id {index.spec.weights_id}) but the weights given are "
+            f"'{spec.weights}' (id {given}); add --rebuild to re-describe every image with them, or leave "
+            "--weights out to keep the index's"
         )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from matchlens.config import PipelineSpec
-from matchlens.errors import SourceError
+from matchlens.errors import IndexError_, SourceError
 from matchlens.index import store
 from matchlens.index.metadata import Entry
 from matchlens.index.vectors import VectorIndex
@@ -23,7 +23,7 @@ from matchlens.pipeline.results import SearchResult
 from matchlens.pipeline.search import Chain, SearchPipeline
 from matchlens.rerank import Shortlist
 
-__all__ = ["Index", "open_index"]
+__all__ = ["Index", "as_paths", "open_index"]
 
 
 class Index:
@@ -109,11 +109,14 @@ class Index:
 
     # --- writers -----------------------------------------------------------------------------
     @classmethod
-    def build(cls, paths: Sequence[str], root: str | os.PathLike, spec: PipelineSpec, rebuild: bool = False,
-              progress: ProgressFactory | None = None, dba: Any = KEEP, backend: Any = KEEP,
-              dask: str | None = None) -> tuple["Index", BuildReport]:
+    def build(cls, paths: str | os.PathLike | Sequence[str | os.PathLike], root: str | os.PathLike, spec: PipelineSpec,
+              rebuild: bool = False, progress: ProgressFactory | None = None, dba: Any = KEEP, backend: Any = KEEP,
+              dask: str | None = None, replace: bool = False, create: bool = False) -> tuple["Index", BuildReport]:
         """Index exactly ``paths`` into ``root`` (reusing unchanged descriptors, resuming a crashed build).
 
+        An existing index keeps the images ``paths`` does not name unless ``replace`` is given
+        (refused with a one-line error naming the flag otherwise; images whose files are gone
+        from disk are dropped either way, as a sync would). ``create``: refuse an existing index.
         ``dba``: database-side augmentation parameters (``{"k": 3}``, optionally ``"alpha"``), None
         to turn it off, or leave out to keep the current setting. ``backend``: a
         :class:`~matchlens.index.backends.VectorBackend` (``make_backend("faiss", "IVF1024,PQ64")``),
@@ -121,10 +124,17 @@ class Index:
         scheduler whose workers extract the descriptors (see :mod:`matchlens.extract.distributed`).
         """
         root = Path(root)
+        paths = as_paths(paths)
         with store.writer_lock(root):
             current = open_if_exists(root)
+            if current is not None and create:
+                raise IndexError_(f"an index already exists at '{root}'; open it with open_index() and add images "
+                                  "with Index.add(), or choose a new folder")
+            gone = _dropped(current, paths, replace)
             builder = Builder(root, spec, current, rebuild, progress, dba=dba, backend=backend, dask=dask)
-            return _opened(builder.run(paths, keep=[]))
+            index, report = _opened(builder.run(paths, keep=[]))
+            report.removed = gone
+            return index, report
 
     def set_dba(self, params: dict | None) -> tuple["Index", BuildReport]:
         """Turn database-side augmentation on (``{"k": 3}``) or off (None): a new generation whose
@@ -134,26 +144,35 @@ class Index:
             builder = Builder(self.root, current.spec, current, False, None, refit=False, dba=params)
             return _opened(builder.run([], keep=list(current.entries)))
 
-    def add(self, sources: Sequence[str], progress: ProgressFactory | None = None,
+    def add(self, sources: str | os.PathLike | Sequence[str | os.PathLike], progress: ProgressFactory | None = None,
             dask: str | None = None) -> tuple["Index", BuildReport]:
-        """Add (or refresh) files, folders or list files; existing images stay; returns the new generation.
+        """Add (or refresh) a file, folder or list file, or a list of them; existing images stay;
+        returns the new generation. A str is one path, never a list of characters.
 
         A trained backend index (IVF, HNSW, Milvus) is extended with the new vectors, not retrained."""
-        paths = scan_many(list(sources))
+        paths = scan_many(as_paths(sources))
         with store.writer_lock(self.root):
             current = VectorIndex(self.root)
             builder = Builder(self.root, current.spec, current, False, progress, refit=False, dask=dask)
             new = set(paths)
             return _opened(builder.run(paths, keep=[e for e in current.entries if e.path not in new]))
 
-    def remove(self, paths: Iterable[str]) -> tuple["Index", BuildReport]:
-        """Remove images by path (a folder removes everything under it); error if nothing matches."""
-        targets = [str(Path(p).expanduser().resolve()) for p in paths]
+    def matching(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Entry]:
+        """The entries :meth:`remove` would remove: each path is an indexed file or a folder
+        (everything under it). A str is one path."""
+        targets = [str(Path(p).expanduser().resolve()) for p in as_paths(paths)]
+        return [e for e in self.store.entries if any(_under(e.path, t) for t in targets)]
+
+    def remove(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple["Index", BuildReport]:
+        """Remove images by path (a folder removes everything under it); error if nothing matches.
+        A str is one path, never a list of characters."""
+        targets = [str(Path(p).expanduser().resolve()) for p in as_paths(paths)]
         with store.writer_lock(self.root):
             current = VectorIndex(self.root)
             keep = [e for e in current.entries if not any(_under(e.path, t) for t in targets)]
             removed = len(current.entries) - len(keep)
             if removed == 0:
+                current.close()
                 raise SourceError(f"no image of index '{self.root}' matches: {', '.join(targets)}")
             builder = Builder(self.root, current.spec, current, False, None, refit=False)
             index, report = _opened(builder.run([], keep=keep))
@@ -164,6 +183,41 @@ class Index:
 def open_index(root: str | os.PathLike) -> Index:
     """Open an existing index directory (one-line IndexError_ if missing, foreign or corrupt)."""
     return Index(root)
+
+
+def as_paths(value: Any) -> list[str]:
+    """``value`` as a list of paths: a str or path-like is ONE path (never its characters), an
+    iterable gives several. Empty paths are refused (``""`` would mean the working directory)."""
+    if isinstance(value, (str, os.PathLike)):
+        items = [value]
+    elif isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        items = list(value)
+    else:
+        raise TypeError(f"expected a path or a list of paths, not {type(value).__name__}")
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"expected a path or a list of paths, not a list holding {type(item).__name__}")
+    paths = [os.fspath(item) for item in items]
+    if any(not str(p).strip() for p in paths):
+        raise SourceError("an empty path was given; name a file or folder ('.' for the working directory)")
+    return [str(p) for p in paths]
+
+
+def _dropped(current: VectorIndex | None, paths: list[str], replace: bool) -> int:
+    """How many indexed images a build of exactly ``paths`` drops; refuses (one line naming
+    --replace) when any of them still exists on disk and ``replace`` was not given."""
+    if current is None:
+        return 0
+    wanted = set(paths)
+    dropped = [e for e in current.entries if e.status == "indexed" and e.path not in wanted]
+    present = [e for e in dropped if os.path.lexists(e.path)]
+    if present and not replace:
+        current.close()
+        raise IndexError_(
+            f"index '{current.root}' holds {len(present)} images that are not in this source (e.g. '{present[0].path}'); "
+            "add images with 'matchlens add' (Index.add), or give --replace (replace=True) to make the index "
+            "exactly this source")
+    return len(dropped)
 
 
 def _opened(written: tuple[VectorIndex, BuildReport]) -> tuple[Index, BuildReport]:
