@@ -61,8 +61,12 @@ def test_hnsw_build_params_reach_milvus_and_add_remove_are_incremental(tmp_path,
     removed, report = added.remove([str(scenes_dir / "scene_03.jpg")])
     assert report.backend.endswith("incremental (+0 -1)") and client.get_collection_stats(name)["row_count"] == 11
     assert all(not r.path.endswith("scene_03.jpg") for r in removed.search(scenes_dir / "scene_03.jpg", k=11))
-    # another index type: a new collection is written, the old one dropped once the generation is live
-    other, _ = matchlens.Index.build([e.path for e in removed.entries], tmp_path / "i",
+    # another index type: a new collection is written; the old one is dropped once the generation
+    # is live and no reader holds a generation that uses it
+    paths = [e.path for e in removed.entries]
+    for held in (index, added, removed):
+        held.store.close()
+    other, _ = matchlens.Index.build(paths, tmp_path / "i",
                                      small_spec, backend=make_backend("milvus", "IVF_FLAT:nlist=2", uri=uri))
     assert collection_of(other) != name
     assert [c for c in client.list_collections() if c.startswith(name.rsplit("_g", 1)[0])] == [collection_of(other)]

@@ -21,6 +21,7 @@ time may open a database: a second gets a one-line error saying so.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -147,12 +148,13 @@ class MilvusBackend(VectorBackend):
                 advance(len(chunk))
 
     def after_commit(self, root: Path, state: dict[str, Any]) -> None:
-        """Drop this index's other collections (older generations, crashed builds); clear the marker."""
+        """Drop this index's other collections (deleted generations, crashed builds); clear the
+        marker. Collections of generations still on disk (a reader holds them) are kept."""
         client = self.client(root)
-        live = state.get("collection")
+        keep = {state.get("collection")} | _collections_on_disk(root)
         base = self.base_name(root) + "_g"
         for name in client.list_collections():
-            if name.startswith(base) and name != live:
+            if name.startswith(base) and name not in keep:
                 client.drop_collection(name)
         (root / PENDING).unlink(missing_ok=True)
 
@@ -241,3 +243,16 @@ def _check_lite_free(path: str) -> None:
         ) from None
     finally:
         os.close(fd)
+
+
+def _collections_on_disk(root: Path) -> set[str]:
+    """The Milvus collections named by the manifests of the generations present in ``root``."""
+    names = set()
+    for manifest in root.glob("gen-*/manifest.json"):
+        try:
+            state = (json.loads(manifest.read_text(encoding="utf-8")).get("backend") or {}).get("state") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(state, dict) and state.get("collection"):
+            names.add(str(state["collection"]))
+    return names
