@@ -28,7 +28,8 @@ def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int
     """Build the demo collection, index it with ``preset``, run every query, write ``results.html``."""
     out_dir = Path(out_dir).resolve()
     collection, queries_dir, queries = build_demo_collection(out_dir)
-    index, _ = build_index_report(collection, out_dir / "index", preset=preset, rebuild=True, progress=progress)
+    index, _ = build_index_report(collection, out_dir / "index", preset=preset, rebuild=True, progress=progress,
+                                  replace=True)  # the demo owns its folder
     advance = progress(len(queries), "searching") if progress else None
     rows, aps, top1 = [], [], 0
     for query in queries:
