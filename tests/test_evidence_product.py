@@ -117,7 +117,7 @@ def test_serve_with_a_verifier_draws_its_evidence(index_copy, verifier):
     from matchlens.io.images import load_image
     from matchlens.service import create_app
 
-    client = TestClient(create_app(index_copy, verifier=verifier))
+    client = TestClient(create_app(index_copy, verifier=verifier, allowed_hosts=["testserver"]))
     info = client.get("/index").json()["evidence"]
     assert info["kind"] == "indicative" and info["verifier"] == str(verifier) and "grid 4x4" in info["method"]
     entry = next(e for e in client.app.state.live.snapshot().index.entries if Path(e.path).name == "scene_03.jpg")
@@ -137,7 +137,7 @@ def test_serve_without_a_verifier_says_spatial(index_copy):
 
     from matchlens.service import create_app
 
-    client = TestClient(create_app(index_copy))
+    client = TestClient(create_app(index_copy, allowed_hosts=["testserver"]))
     assert client.get("/index").json()["evidence"] == {
         "kind": "spatial", "verifier": None,
         "method": "spatial verification: RootSIFT + ratio test + MAGSAC++ homography inliers"}

@@ -33,6 +33,7 @@ TOKEN = "test-token-4f1c"
 MAX_UPLOAD = 300_000
 MAX_PIXELS = 4_000_000
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TEST_HOSTS = ["testserver"]  # the Host TestClient sends: allowed explicitly (the default is the bound host only)
 
 
 # --- fixtures ---------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ def index_copy(tmp_path_factory, built_index) -> Path:
 @pytest.fixture(scope="module")
 def client(index_copy) -> TestClient:
     """Read-only use: a server with writes enabled on a copy of the scene index."""
-    return TestClient(create_app(index_copy, token=TOKEN, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS))
+    return TestClient(create_app(index_copy, token=TOKEN, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS,
+                                 allowed_hosts=TEST_HOSTS))
 
 
 @pytest.fixture()
@@ -85,7 +87,8 @@ def writable(tmp_path, built_index) -> tuple[TestClient, Path]:
     """A fresh copy of the scene index with its own server, for tests that add and remove."""
     target = tmp_path / "index"
     shutil.copytree(built_index.root, target)
-    return TestClient(create_app(target, token=TOKEN, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS)), target
+    return TestClient(create_app(target, token=TOKEN, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS,
+                                 allowed_hosts=TEST_HOSTS)), target
 
 
 def scene_ids(client: TestClient) -> dict[str, int]:
@@ -301,7 +304,7 @@ def test_write_endpoints_need_the_token(client, index_copy):
 
 
 def test_write_endpoints_are_disabled_without_a_configured_token(index_copy):
-    readonly = TestClient(create_app(index_copy))
+    readonly = TestClient(create_app(index_copy, allowed_hosts=TEST_HOSTS))
     response = readonly.post("/images", files={"files": ("x.jpg", _jpeg(make_scene(51)), "image/jpeg")},
                              headers={"Authorization": "Bearer anything"})
     assert response.status_code == 403 and "disabled" in response.json()["detail"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -51,15 +51,24 @@ def serve(
     max_upload_mb: float = typer.Option(20, "--max-upload-mb", help="Largest accepted upload (MB).", min=0.001),
     max_pixels: int = typer.Option(64_000_000, "--max-pixels", help="Largest declared image size (pixels).", min=1),
     verifier: Optional[Path] = typer.Option(None, "--verifier", help="Verifier checkpoint (matchlens train-verifier): the evidence view shows its heatmaps instead of spatial-verification inliers."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="NAME", help="Also answer requests for this Host (NAME, NAME:PORT, *.DOMAIN; repeatable; '*' turns the check off). By default only the --host address (and localhost names on loopback) is answered: other Hosts get 400 (DNS rebinding)."),
+    request_timeout: float = typer.Option(30.0, "--request-timeout", help="Seconds a client has to send a request's head, then its whole body (slower: 408 and disconnected).", min=0.1),
+    keep_alive_timeout: int = typer.Option(5, "--keep-alive-timeout", help="Seconds an idle connection is kept open.", min=1),
 ) -> None:
     """Serve an index over HTTP: search API, web page at /, API docs at /docs (Ctrl+C stops)."""
+    from matchlens.service.hosts import is_wildcard
     from matchlens.service.server import is_loopback, serve as run_server
 
+    allowed = list(allow_host or [])
     if not is_loopback(host):
         err.print(f"warning: listening on {host}: anyone who can reach it can search"
                   + ("" if token else " (writes stay disabled without --token)"), markup=False, highlight=False)
+    if is_wildcard(host) and not allowed:
+        err.print(f"warning: with --host {host} only requests for the names given with --allow-host NAME are "
+                  "answered (others get 400)", markup=False, highlight=False)
     run_server(index_dir, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-               max_pixels=max_pixels, verifier=verifier,
+               max_pixels=max_pixels, verifier=verifier, allowed_hosts=allowed, request_timeout=request_timeout,
+               keep_alive_timeout=keep_alive_timeout,
                on_ready=lambda url: _announce(f"matchlens: serving {index_dir} at {url} (writes "
                                               f"{'enabled' if token else 'disabled'}; evidence: "
                                               f"{'verifier' if verifier else 'spatial'}; Ctrl+C stops)"))

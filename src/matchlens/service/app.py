@@ -5,8 +5,14 @@ Endpoints: ``POST /search``, ``POST /explain``, ``GET /images/{id}``, ``GET /thu
 ``/`` is the search page (static files shipped in this package), ``/docs`` the OpenAPI docs, all
 served from this process: nothing is fetched from the internet.
 
-Every error is a JSON ``{"detail": "one line"}`` with a fitting status: 400 bad input, 401/403
-token, 404 unknown id, 409 index busy, 413 too large, 415 not an image, 422 malformed form.
+Every error is a JSON ``{"detail": "one line"}`` with a fitting status: 400 bad input or a Host
+that is not allowed, 401/403 token, 404 unknown id, 408 body too slow, 409 index busy, 413 too
+large, 415 not an image, 422 malformed form.
+
+Hardening: a Host allow-list (:mod:`matchlens.service.hosts`, against DNS rebinding), a deadline
+for request bodies (:class:`~matchlens.service.uploads.BodyDeadline`; slow heads are the server's
+part, :mod:`matchlens.service.server`), and uploads stored and indexed as one step that leaves
+nothing in ``uploads/`` when it fails (:meth:`~matchlens.service.live.LiveIndex.add_uploads`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterable
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -31,10 +37,11 @@ from matchlens.service import media
 from matchlens.local.features import CACHE_KIND, FeatureCache, feature_key
 from matchlens.evidence.explainers import Explainer, make_explainer
 from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
+from matchlens.service.hosts import HostAllowList, default_allowed_hosts, normalise
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
 from matchlens.service.query import evidence_query, timed_search
-from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, BodyLimit, DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited,
-                                       safe_name, write_inside)
+from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, DEFAULT_REQUEST_TIMEOUT, BodyDeadline, BodyLimit,
+                                       DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited, safe_name)
 from matchlens.rerank import RERANKERS
 
 STATIC = Path(__file__).parent / "static"
@@ -60,6 +67,8 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_parallel: int = 4  # queries decoded and searched at once; more wait (bounds memory: 4 x max_pixels x 3 bytes)
+    allowed_hosts: tuple[str, ...] = ()  # Host header values answered (normalised; "*": any)
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT  # seconds for a request body (None: no limit)
 
 
 # --- response models (they make /docs and /openapi.json precise) ---------------------------------
@@ -133,25 +142,35 @@ class RemoveResponse(BaseModel):
 
 # --- the app -----------------------------------------------------------------------------------
 def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, verifier: str | Path | None = None) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, verifier: str | Path | None = None, *, host: str = "127.0.0.1",
+               allowed_hosts: Iterable[str] = (), request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
     """The FastAPI app serving the index at ``index_dir`` (opened and warmed now: one-line
     IndexError_ if it is missing). Without ``token`` the write endpoints are disabled.
     ``verifier`` (a ``matchlens train-verifier`` checkpoint, loaded now: one-line WeightsError if
     it is not one) makes ``POST /explain`` draw the verifier's evidence instead of the inliers of
-    spatial verification."""
+    spatial verification.
+
+    Only requests whose Host header names ``host`` (the address the app will listen on; with a
+    loopback address also ``localhost``, ``127.0.0.1``, ``[::1]``) or one of ``allowed_hosts``
+    (``NAME``, ``NAME:PORT``, ``*.DOMAIN``; ``*`` turns the check off) are answered; others get
+    400. A test client must allow its own host: Starlette's TestClient sends ``testserver``.
+    A request body must arrive within ``request_timeout`` seconds (408; None: no limit)."""
+    allowed = tuple(dict.fromkeys([*default_allowed_hosts(host), *(normalise(h) for h in allowed_hosts)]))
     explainer = make_explainer(verifier)  # first: a bad checkpoint fails before the index is warmed
     live = LiveIndex(index_dir)
-    settings = Settings(token or None, max_upload_bytes, max_pixels)
-    app = _new_app(max_upload_bytes)
+    settings = Settings(token or None, max_upload_bytes, max_pixels, allowed_hosts=allowed,
+                        request_timeout=request_timeout)
+    app = _new_app(max_upload_bytes, request_timeout)
     app.state.live, app.state.settings = live, settings
     _install_errors(app)
     _install_page(app)
     _install_read_routes(app, live, settings, explainer)
     _install_write_routes(app, live, settings)
+    app.add_middleware(HostAllowList, allowed=allowed)  # last added, outermost: before anything else runs
     return app
 
 
-def _new_app(max_upload_bytes: int) -> FastAPI:
+def _new_app(max_upload_bytes: int, request_timeout: float | None) -> FastAPI:
     from fastapi_offline import FastAPIOffline  # Swagger UI and ReDoc assets shipped in a wheel: no CDN
 
     app = FastAPIOffline(title="matchlens", version=__version__,
@@ -159,6 +178,7 @@ def _new_app(max_upload_bytes: int) -> FastAPI:
                                      "`Authorization: Bearer <token>`.")
     # The body limit covers a whole multipart request: one image at the limit plus its form fields.
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes + 64 * 1024)
+    app.add_middleware(BodyDeadline, seconds=request_timeout)
     return app
 
 
@@ -336,16 +356,13 @@ def _install_write_routes(app: FastAPI, live: LiveIndex, settings: Settings) -> 
     def add_images(
         files: Annotated[list[UploadFile], File(description="Images to add (stored under the index's uploads/).")],
     ) -> AddResponse:
-        """Add images to the index (a new generation; searches go on meanwhile). Needs the token."""
-        stored = []
+        """Add images to the index (a new generation; searches go on meanwhile). Needs the token.
+        Files the index cannot read are listed in ``skipped`` and not kept; on an error nothing is."""
         checked = [(upload, *_query_upload(upload, settings)) for upload in files]  # all valid before any write
-        for upload, data, probe in checked:
-            name = safe_name(upload.filename, probe.format, data)
-            stored.append(str(write_inside(live.uploads, name, data)))
-        snap, _ = live.add(stored)
-        by_path = {e.path: e for e in snap.index.entries}
-        added = [Added(id=by_path[p].id, name=Path(p).name, path=p) for p in stored if by_path[p].status == "indexed"]
-        skipped = [f"{Path(p).name}: {by_path[p].error}" for p in stored if by_path[p].status != "indexed"]
+        named = [(safe_name(upload.filename, probe.format, data), data) for upload, data, probe in checked]
+        snap, entries = live.add_uploads(named)
+        added = [Added(id=e.id, name=Path(e.path).name, path=e.path) for e in entries if e.status == "indexed"]
+        skipped = [f"{Path(e.path).name}: {e.error}" for e in entries if e.status != "indexed"]
         return AddResponse(added=added, skipped=skipped, index_size=snap.index.size, generation=snap.index.generation)
 
     @app.delete("/images/{image_id}", response_model=RemoveResponse, tags=["images"],

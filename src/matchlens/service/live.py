@@ -5,10 +5,14 @@ a new generation atomically. So a search takes the current snapshot once and use
 (rows, ids and paths stay consistent even if a write finishes meanwhile), while an add or remove
 builds the next generation in a worker thread; the new snapshot replaces the old one only when
 it is fully loaded, so no search ever waits for a write or pays for loading the model.
+
+Uploads are stored and indexed as one step (:meth:`LiveIndex.add_uploads`): a failure leaves no
+file in ``uploads/``, and a stored file the index could not read is not kept either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from PIL import Image
 from matchlens.errors import MatchlensError
 from matchlens.pipeline import BuildReport, Index, open_index
 from matchlens.index.metadata import Entry
+from matchlens.service.uploads import write_inside
 
 UPLOADS = "uploads"
 
@@ -82,6 +87,49 @@ class LiveIndex:
             index, report = self._snapshot.index.add(list(paths))
             self._snapshot = _snapshot(index)
             return self._snapshot, report
+
+    def add_uploads(self, files: Sequence[tuple[str, bytes]]) -> tuple[Snapshot, list[Entry]]:
+        """Store ``(safe name, bytes)`` pairs under :attr:`uploads` and index them, one write at a
+        time; returns the new snapshot and the entry of each file as indexed or skipped.
+
+        Nothing is left behind: if writing or indexing fails, the files this call created are
+        removed (a file of the same content that was already there, perhaps indexed by an
+        earlier upload, stays) and the error is raised; files the index skipped (it could not
+        read them) are taken out of the index and deleted. An ``uploads`` folder created here is
+        removed again when it is left empty.
+        """
+        with self._write_lock:  # also keeps two uploads of one image from deleting each other's file
+            folder = self.uploads
+            had_folder = folder.is_dir()
+            created: list[Path] = []
+            stored: list[str] = []
+            try:
+                for name, data in files:
+                    existed = (folder / name).exists()
+                    path = write_inside(folder, name, data)
+                    if not existed:
+                        created.append(path)
+                    stored.append(str(path))
+                index, _ = self._snapshot.index.add(stored)
+            except BaseException:
+                self._discard(created, had_folder)
+                raise
+            # Published: the index refers to these files now; only the ones it skipped are taken back.
+            by_path = {e.path: e for e in index.entries}
+            entries = [by_path[p] for p in stored]
+            unreadable = [p for p in created if by_path[str(p)].status != "indexed"]
+            if unreadable:
+                index, _ = index.remove([str(p) for p in unreadable])
+                self._discard(unreadable, had_folder)
+            self._snapshot = _snapshot(index)
+            return self._snapshot, entries
+
+    def _discard(self, paths: Sequence[Path], had_folder: bool) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if not had_folder:
+            with contextlib.suppress(OSError):  # not empty: someone else's files are there
+                self.uploads.rmdir()
 
     def remove(self, image_id: int) -> tuple[Snapshot, Entry]:
         """Remove the image with id ``image_id`` (NotFound if it is not indexed); returns its entry.

@@ -1,12 +1,14 @@
-"""Untrusted uploads: content sniffing, decompression-bomb guard, safe file names.
+"""Untrusted uploads: content sniffing, decompression-bomb guard, safe file names, body deadline.
 
 Nothing about an upload is trusted: not its file name (only a sanitised stem is kept, under a
 content-hash prefix) and not its content type or extension (Pillow identifies the format from the
-bytes), nor its declared length (:class:`BodyLimit` counts the body as it arrives).
+bytes), nor its declared length (:class:`BodyLimit` counts the body as it arrives), nor its pace
+(:class:`BodyDeadline`: the whole body must arrive within the request timeout, else 408).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -24,6 +26,8 @@ from matchlens.io.images import crop_to_box
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 64_000_000  # a 8000x8000 photo; tighter than load_image's 537 MP, a server decodes in parallel
+# Seconds a client has for a request head, and then for the whole body (20 MB at 30 s: 5.6 Mbit/s).
+DEFAULT_REQUEST_TIMEOUT = 30.0
 
 # Formats a browser shows as they are; other indexed formats (TIFF, PPM, ...) are sent re-encoded.
 WEB_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "GIF": "image/gif",
@@ -86,8 +90,9 @@ class BodyLimit:
             if received > self.max_bytes:
                 from starlette.exceptions import HTTPException
 
-                # An HTTPException passes FastAPI's body parsing untouched and becomes a JSON 413.
-                raise HTTPException(413, self.message)
+                # An HTTPException passes FastAPI's body parsing untouched and becomes a JSON 413;
+                # the rest of the body is not read, so the connection cannot be reused.
+                raise HTTPException(413, self.message, headers={"Connection": "close"})
             return message
 
         await self.app(scope, counting_receive, send)
@@ -95,6 +100,50 @@ class BodyLimit:
     @property
     def message(self) -> str:
         return f"request body is over the server's limit of {self.max_bytes} bytes"
+
+
+class BodyDeadline:
+    """ASGI middleware: a request's whole body must arrive within ``seconds`` of its head, else
+    408 (JSON, one line, ``Connection: close``, so the server closes the connection).
+
+    The deadline is on the whole body, not on each read, so a client sending a byte now and then
+    cannot hold a connection and a worker. Data already received is always delivered: only
+    waiting for more past the deadline is refused, and once the body is complete reads are not
+    timed (a response listening for a disconnect is not cut short). ``seconds`` None or 0: no
+    deadline. Slow request heads and bodies nobody reads are the server's part
+    (:mod:`matchlens.service.server`).
+    """
+
+    def __init__(self, app, seconds: float | None) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.seconds:
+            await self.app(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        complete = False
+
+        async def timed_receive():
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                from starlette.exceptions import HTTPException
+
+                raise HTTPException(408, self.message, headers={"Connection": "close"}) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+    @property
+    def message(self) -> str:
+        return f"the request body came too slowly: it must arrive within {self.seconds:g} s"
 
 
 def probe_image(data: bytes, max_pixels: int, name: str = "upload") -> Probe:
