@@ -114,11 +114,15 @@ def test_unreadable_file_says_permission_denied(
 ) -> None:
     locked = _save(Image.new("RGB", (4, 4)), tmp_path / "locked.png")
     locked.chmod(0)
-    if os.access(locked, os.R_OK):  # root ignores file modes; make open() fail as it would
-        def deny(path: object, mode: str = "r") -> None:
-            raise PermissionError(13, "Permission denied", str(path))
+    if os.access(locked, os.R_OK):  # root ignores file modes; make opening fail as it would
+        real_open = os.open
 
-        monkeypatch.setattr(images, "open", deny, raising=False)
+        def deny(path: object, flags: int, *args: object, **kwargs: object) -> int:
+            if os.fspath(path) == str(locked):  # type: ignore[arg-type]
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(images.os, "open", deny)
     with pytest.raises(ImageLoadError, match=r"^cannot read '.*locked\.png': permission denied$"):
         load_image(locked)
 

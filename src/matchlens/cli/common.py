@@ -100,7 +100,8 @@ def _runtime(name: str | None):
 def _print_report(idx, report) -> None:
     err.print(
         f"indexed {idx.size} images ({report.computed} computed, {report.reused} reused) "
-        f"in {report.seconds:.1f} s; skipped {report.skipped}; whitening: {report.whitening}",
+        f"in {report.seconds:.1f} s; skipped {report.skipped}; whitening: {report.whitening}"
+        + (f"; dropped {report.removed} (files gone, or --replace)" if report.removed else ""),
         markup=False, highlight=False,
     )
     for path, error in report.skipped_files[:20]:

@@ -15,7 +15,6 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from typing import TYPE_CHECKING
@@ -29,7 +28,8 @@ from matchlens.extract.hardware import cpu_threads, cuda_available
 from matchlens.extract.preprocess import decode_side, load_for_spec, normaliser, scale_side, to_array
 from matchlens.extract.runtime import open_runtime, runtime_name
 from matchlens.extract.runtime_api import Runtime
-from matchlens.io.images import load_image
+from matchlens.io.collection import display_path
+from matchlens.io.images import load_image, read_image_file
 from matchlens.linalg import l2_normalize
 
 if TYPE_CHECKING:  # annotations only
@@ -191,15 +191,27 @@ class Extractor:
         return item
 
     def _read_decode(self, path: str) -> tuple[Described, Image.Image | None]:
+        """Read and decode one file of a collection; any problem becomes ``item.error``.
+
+        Only a regular file within the size limit is read (a FIFO, device, socket, broken link,
+        symlink loop or oversized file is skipped with its reason, without blocking or reading
+        it), and decoding stays within the decoding budget (:mod:`matchlens.io.images`).
+        """
         item = Described(path=path, sha256="", size=0, mtime=0.0, vector=None, error=None)
         try:
             stat = os.stat(path)
             item.size, item.mtime = stat.st_size, stat.st_mtime
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            reason = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc)).lower()
-            item.error = f"cannot read {path!r}: {reason}"
+        except (OSError, ValueError):
+            pass  # the reader below says why
+        if display_path(path) != path:  # surrogate escapes: cannot be stored, shown or sent
+            item.error = f"cannot read {display_path(path)!r}: file name is not valid UTF-8; rename it"
             return item, None
+        try:
+            data, stat = read_image_file(path)
+        except MatchlensError as exc:
+            item.error = str(exc)
+            return item, None
+        item.size, item.mtime = stat.st_size, stat.st_mtime
         item.sha256 = hashlib.sha256(data).hexdigest()
         try:
             return item, load_image(data, max_side=self._decode_side(), name=path)

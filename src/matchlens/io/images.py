@@ -11,14 +11,34 @@ legitimate large photos below our own :data:`MAX_PIXELS`. While a call of this m
 Pillow's limit is raised to the limit that call asked for (the loosest one if several threads are
 inside at once) and put back when the last one leaves, so Pillow still guards the sizes it checks
 while decoding (ICO frames, TIFF tiles) but never fires for an image our limit allows.
+
+Limits on what one file may cost, each checked before the expensive step and each ending in a
+one-line :class:`~matchlens.errors.ImageLoadError` that names the limit and how to raise it:
+
+* Only regular files are read. A path is opened with ``O_NONBLOCK`` and checked with ``fstat``
+  before any byte is read, so a FIFO, device or socket named like a photo is refused at once
+  ("not a regular file (FIFO)") instead of blocking; broken links and symlink loops say so.
+* File size: :data:`MAX_FILE_BYTES` (256 MiB), or ``MATCHLENS_MAX_FILE_MB`` in the environment
+  (MiB; read at each call). Checked from ``fstat`` before reading, for paths given to
+  :func:`load_image` and for :func:`read_image_file` (what the indexer reads).
+* Decoding memory: :data:`MAX_DECODE_BYTES` (1 GiB), or ``MATCHLENS_MAX_DECODE_MB``. Before any
+  pixel is decoded, the memory the load needs is estimated from the header: width x height x
+  the bytes per pixel of the mode Pillow decodes into (after the JPEG draft reduction), plus the
+  upright RGB copy made from it. Over the budget, and when ``max_side`` allows shrinking by 2 or
+  more, the image is shrunk in its decoded mode right after decoding (``Image.reduce``), so only
+  the decoded raster counts; if that is still over the budget, or ``max_side`` was not given,
+  the image is refused. Images whose full-size load fits the budget decode exactly as before.
+  The pixel-count limit :data:`MAX_PIXELS` still applies on top.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import zlib
@@ -30,11 +50,25 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from matchlens.errors import BoxError, ImageLoadError
+from matchlens.io.collection import undecodable_file
 
-__all__ = ["MAX_PIXELS", "crop_to_box", "image_size", "load_image", "parse_box"]
+__all__ = [
+    "MAX_DECODE_BYTES", "MAX_FILE_BYTES", "MAX_PIXELS", "crop_to_box", "image_size", "load_image",
+    "max_decode_bytes", "max_file_bytes", "open_regular_file", "parse_box", "read_image_file",
+]
 
 MAX_PIXELS: int = 2**29
 """Default limit on the *declared* width*height of an image (~537 MP), checked before decoding."""
+
+MAX_FILE_BYTES: int = 256 * 2**20
+"""Default limit on the size of an image file (256 MiB); ``MATCHLENS_MAX_FILE_MB`` overrides it."""
+
+MAX_DECODE_BYTES: int = 2**30
+"""Default budget for the memory one image may take to decode and convert (1 GiB);
+``MATCHLENS_MAX_DECODE_MB`` overrides it."""
+
+FILE_LIMIT_ENV = "MATCHLENS_MAX_FILE_MB"
+DECODE_LIMIT_ENV = "MATCHLENS_MAX_DECODE_MB"
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
@@ -45,6 +79,19 @@ _DRAFT_SCALES = (8, 4, 2)  # the DCT scalings libjpeg can decode at, coarsest fi
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transposes and quarter turns
 _BOX_SYNTAX = "expected four comma-separated numbers x0,y0,x1,y1"
+# How each EXIF orientation is undone (what ImageOps.exif_transpose does).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
 
 # What Pillow's decoders raise on bad data; anything else is a bug and should surface as one.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
@@ -81,8 +128,15 @@ def load_image(
     EXIF orientation is applied, transparency is composited on white, 16-bit and 32-bit data is
     scaled to 8 bits, and only the first frame of an animation or multi-page file is kept.
 
+    Memory is bounded (see the module docstring): a path must be a regular file of at most
+    :func:`max_file_bytes`, and a file, bytes or lazy PIL image must decode within
+    :func:`max_decode_bytes`. An image whose full-size load would exceed that budget is, when
+    ``max_side`` allows, shrunk by an integer factor in its decoded mode right after decoding
+    (longest side still at least ``max_side``), and refused otherwise.
+
     Raises:
-        ImageLoadError: the source cannot be read or decoded, is too large, or the array has an
+        ImageLoadError: the source cannot be read or decoded, is not a regular file, is too
+            large (file size, pixel count or decoding memory), or the array has an
             unsupported shape or dtype.
         TypeError: ``source`` is none of the supported types (a programming error).
         ValueError: ``max_side`` or ``max_pixels`` is not a positive integer.
@@ -107,16 +161,75 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     pixel is decoded, so a decompression bomb reports its declared size rather than failing.
 
     Raises:
-        ImageLoadError: the file is missing, unreadable, empty or not an image.
+        ImageLoadError: the file is missing, unreadable, not a regular file, empty or not an image.
     """
     label = _describe_path(path)
-    with _open_binary(path, label) as stream:
+    with _open_binary(path, label, None) as stream:
         _refuse_empty_file(stream, label)
         with _pillow_pixel_limit(None), _open_lazily(stream, label, None) as image:
             width, height = image.size
             if _header_orientation(image) in _SWAPPING_ORIENTATIONS:
                 return height, width
             return width, height
+
+
+def read_image_file(path: str | os.PathLike) -> tuple[bytes, os.stat_result]:
+    """The whole content of the image file at ``path`` and its ``fstat``, read safely.
+
+    Only a regular file of at most :func:`max_file_bytes` is read (checked on the open
+    descriptor, so a FIFO never blocks and a huge file is never read). The content is not
+    decoded; an empty file gives ``b""``.
+
+    Raises:
+        ImageLoadError: one line saying why the file cannot be read: no such file, broken link,
+            symlink loop, name not valid UTF-8, permission denied, a directory, not a regular
+            file (FIFO, device, socket), or over the size limit.
+    """
+    label = _describe_path(path)
+    limit = max_file_bytes()
+    with _open_binary(path, label, limit) as stream:
+        info = os.fstat(stream.fileno())
+        expected = min(info.st_size, limit)
+        try:
+            data = stream.read(expected + 1)
+            if len(data) > expected:  # the file grew after fstat, or reports no size (/proc)
+                data += stream.read(limit + 1 - len(data))
+        except OSError as error:
+            raise ImageLoadError(f"cannot read {label}: {_strerror(error)}") from None
+    if len(data) > limit:
+        raise _file_size_error(label, len(data), limit)
+    return data, info
+
+
+def open_regular_file(path: str | os.PathLike, max_bytes: int | None = None) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file (of at most ``max_bytes``).
+
+    The check is made on the open descriptor (opened with ``O_NONBLOCK``), so a FIFO, device or
+    socket is refused without blocking. Use it wherever a user's path is read.
+
+    Raises:
+        ImageLoadError: the one-line reason the file cannot be read (see :func:`read_image_file`).
+    """
+    return _open_binary(path, _describe_path(path), max_bytes)
+
+
+def max_file_bytes() -> int:
+    """The file-size limit in bytes: ``MATCHLENS_MAX_FILE_MB`` (MiB) if set, else :data:`MAX_FILE_BYTES`.
+
+    Raises:
+        ImageLoadError: the variable is set but is not a positive number.
+    """
+    return _limit_from_env(FILE_LIMIT_ENV, MAX_FILE_BYTES)
+
+
+def max_decode_bytes() -> int:
+    """The decoding-memory budget in bytes: ``MATCHLENS_MAX_DECODE_MB`` (MiB) if set, else
+    :data:`MAX_DECODE_BYTES`.
+
+    Raises:
+        ImageLoadError: the variable is set but is not a positive number.
+    """
+    return _limit_from_env(DECODE_LIMIT_ENV, MAX_DECODE_BYTES)
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -176,7 +289,7 @@ def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
 def _load_path(path: str | os.PathLike, max_side: int | None, max_pixels: int) -> Image.Image:
     """Decode the image file at ``path`` (see :func:`load_image`)."""
     label = _describe_path(path)
-    with _open_binary(path, label) as stream:
+    with _open_binary(path, label, max_file_bytes()) as stream:
         _refuse_empty_file(stream, label)
         return _decode_stream(stream, label, max_side, max_pixels)
 
@@ -198,6 +311,7 @@ def _load_pil(image: Image.Image, max_pixels: int) -> Image.Image:
     with _pillow_pixel_limit(max_pixels):
         if _is_lazy(image):  # an Image.open result the caller has not decoded yet
             _refuse_bomb(image.size, label, max_pixels)
+            _shrink_factor_within_budget(image, label, None)
             _decode_pixels(image, label, max_pixels)
         return _upright_rgb(image, label)
 
@@ -254,24 +368,70 @@ def _decode_stream(
         _refuse_bomb(image.size, label, max_pixels)
         if max_side is not None and image.format in _JPEG_FORMATS:
             _draft_jpeg(image, max_side)
+        factor = _shrink_factor_within_budget(image, label, max_side)
         _decode_pixels(image, label, max_pixels)
-        return _upright_rgb(image, label)
+        return _upright_rgb(image, label, factor)
 
 
-def _open_binary(path: str | os.PathLike, label: str) -> BinaryIO:
-    """Open ``path`` for reading, turning OS errors into one-line messages."""
+def _open_binary(path: str | os.PathLike, label: str, max_bytes: int | None) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file of at most ``max_bytes`` (None: any
+    size), turning OS errors into one-line messages.
+
+    The path is checked with ``stat`` before opening (opening some devices has side effects) and
+    the descriptor with ``fstat`` after (the path may have changed in between); ``O_NONBLOCK``
+    makes opening a FIFO return at once instead of waiting for a writer.
+    """
     try:
-        return open(path, "rb")
-    except (FileNotFoundError, NotADirectoryError):
-        raise ImageLoadError(f"cannot read {label}: no such file") from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"cannot read {label}: is a directory") from None
-    except PermissionError:
+        _refuse_irregular(os.stat(path), label)
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as error:
+        raise _open_error(path, label, error) from None
+    try:
+        info = os.fstat(fd)
+        _refuse_irregular(info, label)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise _file_size_error(label, info.st_size, max_bytes)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_irregular(info: os.stat_result, label: str) -> None:
+    """Refuse anything but a regular file, naming what it is."""
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError(f"cannot read {label}: is a directory")
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "special file")
+    raise ImageLoadError(f"cannot read {label}: not a regular file ({kind})")
+
+
+def _open_error(path: str | os.PathLike, label: str, error: OSError) -> ImageLoadError:
+    """The one-line error for a path that cannot be opened."""
+    code = error.errno
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            problem = "broken link (its target does not exist)"
+        elif undecodable_file(path):
+            problem = "file name is not valid UTF-8; rename it"
+        else:
+            problem = "no such file"
+    elif code == errno.ELOOP:
+        problem = "symlink loop"
+    elif code == errno.EISDIR:
+        problem = "is a directory"
+    elif code in (errno.EACCES, errno.EPERM):
         # Windows reports opening a directory as a permission error.
         problem = "is a directory" if os.path.isdir(path) else "permission denied"
-        raise ImageLoadError(f"cannot read {label}: {problem}") from None
-    except OSError as error:
-        raise ImageLoadError(f"cannot read {label}: {error.strerror or error}") from None
+    else:
+        problem = _strerror(error)
+    return ImageLoadError(f"cannot read {label}: {problem}")
+
+
+def _strerror(error: OSError) -> str:
+    return str(error.strerror or error)
 
 
 def _refuse_empty_file(stream: BinaryIO, label: str) -> None:
@@ -323,6 +483,58 @@ def _draft_scale(longest_side: int, max_side: int) -> int:
     return 1
 
 
+def _shrink_factor_within_budget(image: Image.Image, label: str, max_side: int | None) -> int:
+    """The factor to shrink by right after decoding (1: none) so the load fits the decoding
+    budget; refuses, before decoding, an image that cannot fit it."""
+    budget = max_decode_bytes()
+    width, height = image.size
+    pixels = width * height
+    decoded = pixels * _bytes_per_pixel(image.mode)
+    full_size = decoded + pixels * _conversion_bytes_per_pixel(image)
+    if _header_orientation(image) in _TRANSPOSES:
+        full_size += decoded  # the transposed copy
+    if full_size <= budget:
+        return 1
+    factor = max(width, height) // max_side if max_side is not None else 1
+    # Image.reduce premultiplies LA and RGBA into a full-size copy first.
+    shrinking = decoded + (pixels * 4 if image.mode in ("LA", "RGBA") else 0)
+    if factor >= 2 and shrinking <= budget:
+        return factor
+    needed = shrinking if factor >= 2 else full_size
+    raise ImageLoadError(
+        f"cannot read {label}: its {width}x{height} {image.mode} pixels need about {_mib(needed)} MiB "
+        f"to decode, over the decoding limit of {_mib(budget)} MiB (set {DECODE_LIMIT_ENV} to raise it)"
+    )
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """How many bytes Pillow stores per pixel of ``mode`` (several bands take 4)."""
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("I", "F") or Image.getmodebands(mode) > 1:
+        return 4
+    return 1
+
+
+def _conversion_bytes_per_pixel(image: Image.Image) -> int:
+    """About how many bytes per pixel turning the decoded image into RGB adds."""
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        return 4 + 5  # the RGBA copy and its alpha band, then the RGB result
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return 4 + 10  # numpy's wider intermediates, then the RGB result
+    return 4  # the RGB result (or, for RGB, the detached copy)
+
+
+def _shrink(image: Image.Image, factor: int) -> Image.Image:
+    """A new image 1/``factor`` the size (rounded up), in the same mode."""
+    if image.mode in ("1", "P", "PA") or image.mode.startswith("I;16"):
+        size = (-(-image.width // factor), -(-image.height // factor))
+        # Averaging palette indices would invent colours; Image.reduce has no 16-bit modes.
+        resample = Image.Resampling.BOX if image.mode.startswith("I;16") else Image.Resampling.NEAREST
+        return image.resize(size, resample)
+    return image.reduce(factor)
+
+
 def _decode_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
     """Force the (lazy) decode now, so bad data fails here with a clear message."""
     try:
@@ -338,18 +550,36 @@ def _decode_pixels(image: Image.Image, label: str, max_pixels: int) -> None:
         raise _corrupt_error(label, error) from None
 
 
-def _upright_rgb(image: Image.Image, label: str) -> Image.Image:
-    """Apply the EXIF orientation and convert to RGB; always returns a new image."""
+def _upright_rgb(image: Image.Image, label: str, factor: int = 1) -> Image.Image:
+    """Shrink by ``factor`` (in the decoded mode, so the copies below are small), apply the EXIF
+    orientation and convert to RGB; always returns a new image."""
+    orientation = _orientation(image)  # read before shrinking: TIFF keeps it in the file's tags
     try:
-        upright = ImageOps.exif_transpose(image)
-    except _EXIF_ERRORS:
-        upright = image.copy()
-    try:
-        return _to_rgb(upright)
+        if factor > 1:
+            upright = _shrink(image, factor)
+            if orientation in _TRANSPOSES:
+                upright = upright.transpose(_TRANSPOSES[orientation])
+        elif orientation in _TRANSPOSES:
+            try:
+                upright = ImageOps.exif_transpose(image)
+            except _EXIF_ERRORS:
+                upright = image
+        else:
+            upright = image
+        rgb = _to_rgb(upright)
     except ValueError:  # a mode Pillow cannot convert, e.g. premultiplied 'La'
         raise ImageLoadError(
             f"cannot read {label}: unsupported pixel mode {image.mode!r}"
         ) from None
+    return rgb.copy() if rgb is image else rgb
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of a decoded image (1 when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(_ORIENTATION_TAG, 1))
+    except _EXIF_ERRORS:
+        return 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -390,7 +620,7 @@ def _stretch_to_eight(values: np.ndarray) -> np.ndarray:
     return np.rint(data).astype(np.uint8)
 
 
-def _header_orientation(image: ImageFile.ImageFile) -> int:
+def _header_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1..8) as far as the header tells, without decoding pixels."""
     # PNG keeps EXIF wherever it likes, and PngImageFile.getexif() decodes the whole image to
     # find one stored after the pixel data; only an eXIf chunk before the pixels is read here.
@@ -445,6 +675,34 @@ def _loosest(limits: list[int | None]) -> int | None:
 
 # --------------------------------------------------------------------------------------------
 # Messages and argument checks
+
+
+def _limit_from_env(variable: str, default: int) -> int:
+    """A byte limit given in MiB by ``variable``, else ``default``."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        mib = float(text)
+    except ValueError:
+        mib = math.nan
+    if not (math.isfinite(mib) and mib > 0):
+        raise ImageLoadError(f"invalid {variable}={text!r}: expected a positive number of MiB")
+    return max(1, int(mib * 2**20))
+
+
+def _mib(size: int) -> str:
+    """A byte count in MiB for messages: 4 significant digits, whole MiB from 1000 MiB."""
+    value = size / 2**20
+    return f"{value:.0f}" if value >= 1000 else f"{value:.4g}"
+
+
+def _file_size_error(label: str, size: int, limit: int) -> ImageLoadError:
+    """The error for a file over the file-size limit."""
+    return ImageLoadError(
+        f"cannot read {label}: file is {_mib(size)} MiB, over the limit of {_mib(limit)} MiB "
+        f"for image files (set {FILE_LIMIT_ENV} to raise it)"
+    )
 
 
 def _bomb_error(label: str, declared: str, max_pixels: int | None) -> ImageLoadError:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from matchlens.errors import BoxError, SourceError
-from matchlens.io.collection import scan_source
+from matchlens.io.collection import listed_path, scan_source
 from matchlens.io.images import parse_box
 from matchlens.pipeline.search import Query
 
@@ -55,7 +55,7 @@ def _parse(value: Any, name: str) -> Box:
 
 
 def _keys(path: str) -> tuple[str, ...]:
-    return (path, str(Path(path).resolve()), Path(path).name)
+    return (path, listed_path(path), Path(path).name)
 
 
 def _box_for(path: str, table: dict[str, Box]) -> Box | None:

@@ -17,7 +17,9 @@ from PIL import Image
 
 from matchlens.extract import open_query_encoder
 from matchlens.index.vectors import VectorIndex
+from matchlens.errors import MatchlensError
 from matchlens.io.collection import file_memo_key
+from matchlens.io.images import open_regular_file
 from matchlens.whitening import load_whitening
 
 __all__ = ["QueryEncoder", "content_sha", "timer"]
@@ -105,11 +107,11 @@ def content_sha(query: Any) -> str | None:
             return hashlib.sha256(query).hexdigest()
         if isinstance(query, (str, os.PathLike)):
             digest = hashlib.sha256()
-            with open(query, "rb") as handle:
+            with open_regular_file(query) as handle:  # never blocks on a FIFO
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(chunk)
             return digest.hexdigest()
-    except OSError:
+    except (OSError, MatchlensError):
         return None
     return None
 

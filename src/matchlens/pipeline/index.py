@@ -17,7 +17,7 @@ from matchlens.index import store
 from matchlens.index.metadata import Entry
 from matchlens.index.vectors import VectorIndex
 from matchlens.index.writer import ProgressFactory
-from matchlens.io.collection import scan_many
+from matchlens.io.collection import display_path, listed_path, scan_many
 from matchlens.pipeline.build import KEEP, Builder, BuildReport, check_spec, open_if_exists
 from matchlens.pipeline.results import SearchResult
 from matchlens.pipeline.search import Chain, SearchPipeline
@@ -124,15 +124,15 @@ class Index:
         scheduler whose workers extract the descriptors (see :mod:`matchlens.extract.distributed`).
         """
         root = Path(root)
-        paths = as_paths(paths)
+        files = [display_path(p) for p in as_paths(paths)]  # as the scanner lists them (never unencodable)
         with store.writer_lock(root):
             current = open_if_exists(root)
             if current is not None and create:
                 raise IndexError_(f"an index already exists at '{root}'; open it with open_index() and add images "
                                   "with Index.add(), or choose a new folder")
-            gone = _dropped(current, paths, replace)
+            gone = _dropped(current, files, replace)
             builder = Builder(root, spec, current, rebuild, progress, dba=dba, backend=backend, dask=dask)
-            index, report = _opened(builder.run(paths, keep=[]))
+            index, report = _opened(builder.run(files, keep=[]))
             report.removed = gone
             return index, report
 
@@ -160,13 +160,13 @@ class Index:
     def matching(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Entry]:
         """The entries :meth:`remove` would remove: each path is an indexed file or a folder
         (everything under it). A str is one path."""
-        targets = [str(Path(p).expanduser().resolve()) for p in as_paths(paths)]
+        targets = [listed_path(os.path.expanduser(p)) for p in as_paths(paths)]
         return [e for e in self.store.entries if any(_under(e.path, t) for t in targets)]
 
     def remove(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple["Index", BuildReport]:
         """Remove images by path (a folder removes everything under it); error if nothing matches.
         A str is one path, never a list of characters."""
-        targets = [str(Path(p).expanduser().resolve()) for p in as_paths(paths)]
+        targets = [listed_path(os.path.expanduser(p)) for p in as_paths(paths)]
         with store.writer_lock(self.root):
             current = VectorIndex(self.root)
             keep = [e for e in current.entries if not any(_under(e.path, t) for t in targets)]
