@@ -6,12 +6,14 @@ syntax and the HTML of the evaluation report, which is why they live above all o
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from PIL import Image
 
 from matchlens.errors import ConfigError
@@ -33,10 +35,55 @@ def train_from_source(source: str | os.PathLike, out: str | os.PathLike, config:
     """Train a verifier on pairs from ``source`` (ground truth if it has some, else label-free) and
     save the checkpoint at ``out``. Returns the result and where the pairs came from."""
     settings = settings or TrainSettings()
+    config = config or VerifierConfig()
+    _check_training(config, settings, device)
+    _output_file(Path(out).expanduser(), "verifier checkpoint", "verifier.pt")  # before training: a bad --out must not waste a run
     training_pairs, origin = pairs_from_source(source, pairs, settings.seed, label_free, dataset_format, limit)
-    result = train_verifier(training_pairs, config or VerifierConfig(), settings, device, progress)
+    result = train_verifier(training_pairs, config, settings, device, progress)
     result.model.save(out, source=str(source), origin=origin, seconds=result.seconds)
     return result, origin
+
+
+# The verifier's tensor has (rows*cols)^2 cells per pair and metric: past this many patches it no
+# longer fits any memory (a 1000x1000 grid asks for terabytes) and training fails deep inside torch.
+MAX_PATCHES = 1024
+
+
+def _check_training(config: VerifierConfig, settings: TrainSettings, device: str | None) -> None:
+    """One-line errors for settings that would otherwise fail deep inside torch."""
+    if config.rows * config.cols > MAX_PATCHES:
+        raise ConfigError(f"grid {config.rows}x{config.cols} has {config.rows * config.cols} patches; "
+                          f"the verifier takes at most {MAX_PATCHES} (e.g. 32x32)")
+    if not math.isfinite(settings.lr):
+        raise ConfigError(f"train-verifier: lr must be a positive number, got {settings.lr}")
+    if device is not None:
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise ConfigError(f"unknown device {device!r}; use cpu or cuda") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA device is available here; use --device cpu")
+        if kind not in ("cpu", "cuda"):
+            raise ConfigError(f"device {device!r} is not supported; use cpu or cuda")
+
+
+def _output_folder(folder: Path, what: str) -> Path:
+    """``folder``, created; a one-line error when it cannot be (a file in the way, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the {what} folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"cannot write the {what} into {folder}: permission denied")
+    return folder
+
+
+def _output_file(path: Path, what: str, example: str) -> Path:
+    """``path`` checked as the file to write (its folder created): not a folder, in a writable folder."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the {what} file to write, e.g. {path / example}")
+    _output_folder(path.parent, what)
+    return path
 
 
 def resolve_result(index, result: str) -> str:
@@ -64,7 +111,7 @@ def explain_result(index_dir: str | os.PathLike, query: str | os.PathLike, resul
         query_image = crop_to_box(query_image, scaled_box)
     explanation = explain_pair(query_image, resolve_result(index, result), model)
     if out is not None:
-        explanation.save_png(out)
+        explanation.save_png(_output_file(Path(out).expanduser(), "evidence PNG", "evidence.png"))
     return explanation
 
 
@@ -110,8 +157,7 @@ def explain_search(query: str | os.PathLike, results: Sequence[tuple[str, float]
     """
     explainer = make_explainer(model)
     image, scaled_box = load_query(query, box, MAX_SIDE)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _output_folder(Path(folder).expanduser(), "evidence")
     advance = progress(len(results), f"evidence ({explainer.kind})") if progress else None
     rows = []
     for rank, (path, score) in enumerate(results, start=1):

@@ -7,6 +7,7 @@ The defaults and the output folder are described in :mod:`matchlens.train.traine
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -85,6 +86,13 @@ class TrainConfig:
             raise ConfigError(f"max_side must be from 32 to 4096, got {self.max_side}")
         if self.positives == "selfsup" and self.batch < 2:
             raise ConfigError("self-supervised training needs --batch of at least 2 images")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.min_inliers < 0:
+            raise ConfigError(f"min_inliers must be at least 0, got {self.min_inliers}")
+        out = Path(self.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the run (checkpoints, history, curve)")
 
     @property
     def learning_rate(self) -> float:
