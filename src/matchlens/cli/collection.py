@@ -18,7 +18,7 @@ from matchlens.cli.common import (BackboneOpt, MaxSideOpt, PoolingOpt, PoolingPa
 @app.command()
 def index(
     source: List[str] = typer.Argument(..., help="Folder (recursive), list file of paths, or image file(s)."),
-    index_dir: Path = typer.Option(..., "--index", "-i", help="Index folder to create or update."),
+    index_dir: str = typer.Option(..., "--index", "-i", help="Index folder to create or update."),
     preset: str = PresetOpt, backbone: Optional[str] = BackboneOpt, weights: Optional[str] = WeightsOpt,
     max_side: Optional[int] = MaxSideOpt, scales: Optional[str] = ScalesOpt, pooling: Optional[str] = PoolingOpt,
     pooling_params: Optional[str] = PoolingParamsOpt, whitening: Optional[str] = WhiteningOpt,
@@ -41,7 +41,10 @@ def index(
 ) -> None:
     """Index SOURCE into --index DIR (resumes an interrupted run; unchanged images are reused)."""
     from matchlens.api import build_index_report
+    from matchlens.errors import SourceError
 
+    if not index_dir.strip():
+        raise SourceError("empty --index path; name the index folder to create or update")
     spec = _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_params, whitening,
                          whitening_params, whitening_source)
     chosen = _backend_option(backend, factory, uri, train_size, backend_params)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matchlens.demo.collection import build_demo_collection
 from matchlens.demo.report import ResultRow, write_results_page
+from matchlens.errors import SourceError
 from matchlens.evaluate.metrics import average_precision, mean_average_precision
 from matchlens.api import build_index_report
 
@@ -27,7 +28,12 @@ class DemoResult:
 def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int = 5, progress=None) -> DemoResult:
     """Build the demo collection, index it with ``preset``, run every query, write ``results.html``."""
     out_dir = Path(out_dir).resolve()
-    collection, queries_dir, queries = build_demo_collection(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SourceError(f"'{out_dir}' is a file; give the demo a folder to write into (new or its own)")
+    try:
+        collection, queries_dir, queries = build_demo_collection(out_dir)
+    except OSError as exc:
+        raise SourceError(f"cannot write the demo into '{out_dir}': {exc.strerror or exc}") from None
     index, _ = build_index_report(collection, out_dir / "index", preset=preset, rebuild=True, progress=progress,
                                   replace=True)  # the demo owns its folder
     advance = progress(len(queries), "searching") if progress else None

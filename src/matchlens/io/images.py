@@ -53,7 +53,7 @@ from matchlens.errors import BoxError, ImageLoadError
 from matchlens.io.collection import undecodable_file
 
 __all__ = [
-    "MAX_DECODE_BYTES", "MAX_FILE_BYTES", "MAX_PIXELS", "crop_to_box", "image_size", "load_image",
+    "MAX_DECODE_BYTES", "MAX_FILE_BYTES", "MAX_PIXELS", "checked_box", "crop_to_box", "image_size", "load_image",
     "max_decode_bytes", "max_file_bytes", "open_regular_file", "parse_box", "read_image_file",
 ]
 
@@ -251,6 +251,21 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return _validated_box(numbers, f"box {text!r}")
 
 
+def checked_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """``box`` as four finite floats (x0, y0, x1, y1) with x1 > x0 and y1 > y0.
+
+    Raises:
+        BoxError: not a sequence of four numbers, or an empty or inverted box.
+    """
+    try:
+        numbers = [float(value) for value in box]
+    except (TypeError, ValueError):
+        raise BoxError(f"invalid box {box!r}: {_BOX_SYNTAX}") from None
+    if len(numbers) != 4:
+        raise BoxError(f"invalid box {box!r}: {_BOX_SYNTAX}")
+    return _validated_box(numbers, "box ({:g}, {:g}, {:g}, {:g})".format(*numbers))
+
+
 def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
     """Return the part of ``image`` inside ``box`` = (x0, y0, x1, y1), in pixel coordinates.
 
@@ -261,14 +276,8 @@ def crop_to_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
         BoxError: the box is malformed, lies entirely outside the image, or covers less than one
             pixel of it after clipping; the message gives the box and the image size.
     """
-    try:
-        numbers = [float(value) for value in box]
-    except (TypeError, ValueError):
-        raise BoxError(f"invalid box {box!r}: {_BOX_SYNTAX}") from None
-    if len(numbers) != 4:
-        raise BoxError(f"invalid box {box!r}: {_BOX_SYNTAX}")
-    shown = "box ({:g}, {:g}, {:g}, {:g})".format(*numbers)
-    x0, y0, x1, y1 = _validated_box(numbers, shown)
+    x0, y0, x1, y1 = checked_box(box)
+    shown = "box ({:g}, {:g}, {:g}, {:g})".format(x0, y0, x1, y1)
     width, height = image.size
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         raise BoxError(f"{shown} lies entirely outside the {width}x{height} image")

@@ -124,7 +124,7 @@ class Index:
         scheduler whose workers extract the descriptors (see :mod:`matchlens.extract.distributed`).
         """
         root = Path(root)
-        files = [display_path(p) for p in as_paths(paths)]  # as the scanner lists them (never unencodable)
+        files = _outside(root, [display_path(p) for p in as_paths(paths)])  # as the scanner lists them
         with store.writer_lock(root):
             current = open_if_exists(root)
             if current is not None and create:
@@ -150,7 +150,7 @@ class Index:
         returns the new generation. A str is one path, never a list of characters.
 
         A trained backend index (IVF, HNSW, Milvus) is extended with the new vectors, not retrained."""
-        paths = scan_many(as_paths(sources))
+        paths = _outside(self.root, scan_many(as_paths(sources)))
         with store.writer_lock(self.root):
             current = VectorIndex(self.root)
             builder = Builder(self.root, current.spec, current, False, progress, refit=False, dask=dask)
@@ -201,6 +201,12 @@ def as_paths(value: Any) -> list[str]:
     if any(not str(p).strip() for p in paths):
         raise SourceError("an empty path was given; name a file or folder ('.' for the working directory)")
     return [str(p) for p in paths]
+
+
+def _outside(root: Path, paths: list[str]) -> list[str]:
+    """``paths`` without the index's own files (an index kept inside the folder it indexes)."""
+    inside = listed_path(root)
+    return [p for p in paths if not _under(p, inside)]
 
 
 def _dropped(current: VectorIndex | None, paths: list[str], replace: bool) -> int:

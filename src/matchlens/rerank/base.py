@@ -124,6 +124,8 @@ def parse_chain(text: str | None) -> list[Reranker]:
         if not eq or not key.strip():
             raise ConfigError(f"bad rerank parameter {item!r} in {text!r}; write name:param=value")
         steps[-1][1][key.strip()] = parse_value(value.strip())
+    if not steps:
+        raise ConfigError(f"rerank chain {text!r} names no reranker; write e.g. sv:k=100,aqe:k=2, or leave it out")
     return [RERANKERS.get(name)(**params) for name, params in steps]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class FaissBackend(VectorBackend):
         self.check("refine", optional, positive_int)
         if self.uri:
             raise ConfigError("the faiss backend stores its index in the index folder; --uri is for --backend milvus")
+        _check_sizes(self.factory)
 
     @property
     def exact(self) -> bool:
@@ -214,6 +216,18 @@ def _reason(exc: RuntimeError) -> str:
     if "failed: " in text:
         text = text.split("failed: ", 1)[1]
     return text.removeprefix("Error: ")[:200] or "invalid"
+
+
+# FAISS asserts (aborting the process) rather than raising on some degenerate sizes.
+_MIN_SIZES = {"HNSW": 2, "IVF": 1, "PQ": 1, "NSG": 2}
+
+
+def _check_sizes(factory: str) -> None:
+    """One-line ConfigError for a size FAISS would abort on (``HNSW0``, ``HNSW1``, ``IVF0``)."""
+    for name, number in re.findall(r"(HNSW|IVF|PQ|NSG)(\d+)", factory.upper()):
+        if int(number) < _MIN_SIZES[name]:
+            raise ConfigError(f"faiss factory {factory!r}: {name}{number} is too small "
+                              f"({name} needs at least {_MIN_SIZES[name]})")
 
 
 def _compressed(factory: str) -> bool:
