@@ -141,6 +141,20 @@ def test_search_with_a_box_and_see_the_evidence(page, server, tmp_path):
     assert _only_this_server(page.requests, server) == []
 
 
+def test_the_auto_rerank_checkbox_sends_the_auto_chain(page, server, tmp_path):
+    make_scene(5).save(tmp_path / "q5.jpg", quality=92)
+    page.goto(server + "/")
+    page.set_input_files("#file", str(tmp_path / "q5.jpg"))
+    page.locator("#canvas").wait_for(state="visible")
+    page.check("#auto-rerank")
+    with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
+        page.click("#search")
+    assert answer.value.json()["rerank"].startswith("auto")
+    page.locator("#results li").first.wait_for()
+    assert page.locator("#results li").first.get_attribute("data-name") == "scene_05.jpg"
+    assert "re-ranked by auto" in page.text_content("#status")
+
+
 def test_api_docs_render_offline(page, server):
     page.requests.clear()
     page.goto(server + "/docs")

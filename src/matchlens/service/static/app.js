@@ -135,7 +135,7 @@ async function search() {
   if (!state.file) return;
   const form = queryForm();
   form.append("k", $("k").value || "12");
-  const rerank = $("rerank").value.trim();
+  const rerank = $("auto-rerank").checked ? "auto" : $("rerank").value.trim();
   if (rerank) form.append("rerank", rerank);
   $("search").disabled = true;
   showStatus("searching…");

@@ -1,0 +1,104 @@
+"""``auto``: spatially verified query expansion that adapts to each query (Chum et al. ICCV'07).
+
+Fixed chains help one collection and hurt another: ``alpha_qe:k=10`` adds ten neighbours to every
+query, right or wrong, which pulls a query whose object has two other views towards unrelated
+images. Chum et al.'s average query expansion expands only with *verified* images. So:
+
+1. verify the top ``k`` of the shortlist by local-feature geometry (:mod:`matchlens.rerank.spatial`);
+2. the verified images (at least ``min_inliers`` inliers) go first, most inliers first;
+3. if any has at least ``expand_inliers`` inliers, the query is expanded with all of those
+   (q' = L2(q + Σ d_v), the average form), never a constant count, and the collection searched
+   again; the expanded ranking follows the verified images;
+4. with ``rounds`` > 1 the top ``k_next`` images of the expanded ranking that were not verified
+   yet are verified in turn, and the expansion is redone with every image verified so far
+   (Chum et al.'s transitive closure, bounded).
+
+A query with no verified neighbour keeps its global ranking unchanged: ``auto`` falls back to
+plain search, which is what protects collections where expansion hurts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from matchlens.components import non_negative_int, positive_int
+from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
+from matchlens.rerank.qe import expanded_query
+from matchlens.rerank.spatial import SpatialVerification
+
+__all__ = ["AutoRerank"]
+
+
+@RERANKERS.register("auto")
+class AutoRerank(Reranker):
+    """Verified average query expansion; see the module docstring.
+
+    Parameters: ``k`` (shortlist entries verified first), ``min_inliers`` (inliers that make an
+    image verified), ``expand_inliers`` (inliers that make a verified image join the expanded
+    query; 0: the same as ``min_inliers``), ``rounds`` (verification rounds), ``k_next`` (images
+    verified in each later round), ``max_keypoints`` (RootSIFT features per image).
+    After :meth:`rerank`, ``last_expansion`` holds the rows the query was expanded with.
+    """
+
+    needs_image = True
+    defaults: ClassVar[dict[str, Any]] = {"k": 100, "min_inliers": 12, "expand_inliers": 0, "rounds": 1,
+                                          "k_next": 20, "max_keypoints": 1000}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.verifier = SpatialVerification(k=self.config["k"], min_inliers=self.config["min_inliers"],
+                                            max_keypoints=self.config["max_keypoints"])
+        self.last_expansion: list[int] = []
+
+    def validate(self) -> None:
+        """One-line ConfigError for any parameter out of range."""
+        for key in ("k", "min_inliers", "rounds", "k_next", "max_keypoints"):
+            self.check(key, positive_int)
+        self.check("expand_inliers", non_negative_int)
+
+    def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
+        """Verified images first, then the ranking of the query expanded with them."""
+        self.last_expansion = []
+        verified = self.verifier.rerank(query, shortlist, ctx)
+        inliers = dict(self.verifier.last_inliers)
+        if query.image is None:
+            return verified
+        result = self._expanded(query, shortlist, inliers, ctx)
+        for _ in range(self.config["rounds"] - 1):
+            fresh = [int(r) for r in result.rows if int(r) not in inliers][: self.config["k_next"]]
+            if not fresh or not self._expansion_rows(inliers):
+                break
+            more = self.verifier.rerank(query, Shortlist(np.array(fresh), np.zeros(len(fresh))), ctx)
+            del more  # only its inlier counts matter
+            inliers.update(self.verifier.last_inliers)
+            result = self._expanded(query, shortlist, inliers, ctx)
+        return result
+
+    def _expansion_rows(self, inliers: dict[int, int]) -> list[int]:
+        threshold = self.config["expand_inliers"] or self.config["min_inliers"]
+        return [row for row, count in inliers.items() if count >= threshold]
+
+    def _expanded(self, query: QueryInput, shortlist: Shortlist, inliers: dict[int, int],
+                  ctx: RerankContext) -> Shortlist:
+        """Verified rows (most inliers first) followed by the expanded query's ranking."""
+        good = sorted((row for row, n in inliers.items() if n >= self.config["min_inliers"]),
+                      key=lambda row: -inliers[row])
+        expand = self._expansion_rows(inliers)
+        if not good:
+            return shortlist
+        if expand:
+            neighbours = np.asarray(ctx.vectors[np.array(sorted(expand))], dtype=np.float64)
+            vector = expanded_query(query.vector, neighbours, np.ones(len(neighbours)))
+            scores, rows = ctx.search(vector[None, :], max(len(shortlist), len(good)))
+            rest = Shortlist(rows[0], scores[0]).valid()
+            self.last_expansion = sorted(expand)
+        else:
+            rest = shortlist
+        top = float(max(1.0, float(rest.scores.max()) if len(rest) else 1.0))
+        head_scores = np.array([top + inliers[row] / 1000.0 for row in good], dtype=np.float32)
+        taken = set(good)
+        keep = np.array([int(r) not in taken for r in rest.rows], dtype=bool)
+        return Shortlist(np.concatenate([np.array(good, dtype=np.int64), rest.rows[keep]]),
+                         np.concatenate([head_scores, rest.scores[keep]]))
