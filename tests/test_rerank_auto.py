@@ -9,7 +9,7 @@ from PIL import Image
 
 import matchlens
 from matchlens.errors import ConfigError
-from matchlens.rerank import RERANKERS, parse_chain
+from matchlens.rerank import RERANKERS, Shortlist, parse_chain
 from matchlens.rerank.auto import AutoRerank
 from tests.test_rerank_spatial import textured_scene
 
@@ -58,7 +58,20 @@ def test_verified_views_come_first_and_the_expansion_uses_exactly_them(collectio
     expanded = sorted(index.entry_for_row(r).path.rsplit("/", 1)[-1] for r in step.last_expansion)
     assert expanded == [f"object_{i}.png" for i in range(VIEWS)]
     scores = [r.score for r in results]
-    assert scores == sorted(scores, reverse=True) and scores[VIEWS - 1] > 1.0 > scores[VIEWS]
+    assert scores == sorted(scores, reverse=True)
+    chum = index.search(queries / "object_query.png", k=5, rerank="auto:k=20,order=verified")
+    assert sorted(r.path for r in chum[:VIEWS]) == sorted(r.path for r in results[:VIEWS])
+    assert chum[VIEWS - 1].score > 1.0 > chum[VIEWS].score  # verified first, above every cosine
+
+
+def test_a_chance_match_does_not_jump_over_a_sure_descriptor_match():
+    """The blend: an image the descriptors are sure of (cosine 0.9, unverified) stays above one with
+    a low cosine and a few dozen inliers; with order=verified it would not."""
+    step = AutoRerank(bonus=0.3, cap=100)
+    ranking = Shortlist(np.array([0, 1, 2]), np.array([0.9, 0.6, 0.5], np.float32))
+    blended = step._blend(ranking, {1: 25, 2: 5})
+    assert blended.rows.tolist() == [0, 1, 2]
+    assert blended.scores[1] == pytest.approx(0.6 + 0.3 * 25 / 100)
 
 
 def test_a_query_nothing_verifies_keeps_its_global_ranking(collection):

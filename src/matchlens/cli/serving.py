@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from matchlens.cli.common import (PresetOpt, app, err, out, progress_factory)
+from matchlens.cli.common import (RERANK_HELP, PresetOpt, app, err, out, progress_factory)
 
 
 @app.command()
@@ -29,12 +29,13 @@ def demo(
     out_dir: Path = typer.Argument(Path("demo-out"), help="Where the demo collection, index and results go."),
     preset: str = PresetOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help=RERANK_HELP),
 ) -> None:
     """The main job on the embedded default: build a demo collection, index it, search, write HTML."""
     from matchlens.demo import run_demo
 
     with progress_factory(not quiet) as progress:
-        result = run_demo(out_dir, preset=preset, progress=progress)
+        result = run_demo(out_dir, preset=preset, progress=progress, rerank=rerank)
     out.print(f"demo collection: {result.collection_dir} ({result.n_images} images, {result.n_queries} queries)")
     out.print(f"index: {result.index_dir}")
     out.print(f"results page: {result.html_path}")

@@ -25,8 +25,10 @@ class DemoResult:
     n_queries: int
 
 
-def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int = 5, progress=None) -> DemoResult:
-    """Build the demo collection, index it with ``preset``, run every query, write ``results.html``."""
+def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int = 5, progress=None,
+             rerank: str | None = None) -> DemoResult:
+    """Build the demo collection, index it with ``preset``, run every query (re-ranked by the chain
+    ``rerank``, e.g. ``"auto"``), write ``results.html``."""
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise SourceError(f"'{out_dir}' is a file; give the demo a folder to write into (new or its own)")
@@ -39,7 +41,7 @@ def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int
     advance = progress(len(queries), "searching") if progress else None
     rows, aps, top1 = [], [], 0
     for query in queries:
-        results = index.search(queries_dir / query.image, k=index.size)
+        results = index.search(queries_dir / query.image, k=index.size, rerank=rerank)
         names = [Path(r.path).name for r in results]
         ap = average_precision(names, {query.source})
         aps.append(ap)
@@ -49,7 +51,8 @@ def run_demo(out_dir: str | Path = "demo-out", preset: str = "default", top: int
         if advance:
             advance(1)
     m = mean_average_precision(aps)
-    summary = (f"{len(queries)} queries against {index.size} images, pipeline {index.spec.describe()}: "
+    summary = (f"{len(queries)} queries against {index.size} images, pipeline {index.spec.describe()}"
+               + (f", re-ranked by {rerank}" if rerank else "") + ": "
                f"mAP {100 * m:.1f}, top-1 correct {top1}/{len(queries)}")
     html_path = write_results_page(out_dir / "results.html", "matchlens demo results", summary, rows)
     return DemoResult(collection, index.root, html_path, m, top1, index.size, len(queries))
