@@ -18,7 +18,7 @@ from matchlens.index.metadata import Entry
 from matchlens.index.vectors import VectorIndex
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import display_path, listed_path, scan_many
-from matchlens.pipeline.build import KEEP, Builder, BuildReport, check_spec, open_if_exists
+from matchlens.pipeline.build import KEEP, Builder, BuildReport, check_spec, is_own_file, open_if_exists
 from matchlens.pipeline.results import SearchResult
 from matchlens.pipeline.search import Chain, SearchPipeline
 from matchlens.rerank import Shortlist
@@ -206,7 +206,7 @@ def as_paths(value: Any) -> list[str]:
 def _outside(root: Path, paths: list[str]) -> list[str]:
     """``paths`` without the index's own files (an index kept inside the folder it indexes)."""
     inside = listed_path(root)
-    return [p for p in paths if not _under(p, inside)]
+    return [p for p in paths if not is_own_file(inside, p)]
 
 
 def _dropped(current: VectorIndex | None, paths: list[str], replace: bool) -> int:
