@@ -207,3 +207,18 @@ def test_readers_never_fail_while_a_writer_commits(idx):
     last.store.close()  # no reader left: the next commit deletes every superseded generation
     last.set_dba(None)[0].store.close()
     assert [p.name for p in idx.glob("gen-*")] == [store.current_generation(idx).path.name]
+
+
+def test_a_file_system_without_flock_still_opens_the_index(idx, monkeypatch):
+    import fcntl
+
+    real = fcntl.flock
+
+    def no_locks(fd, op):
+        if op & fcntl.LOCK_SH:
+            raise OSError(37, "No locks available")
+        return real(fd, op)
+
+    monkeypatch.setattr(store.fcntl, "flock", no_locks)
+    index = matchlens.open_index(idx)
+    assert index.size == 10 and index.store._reader is None

@@ -159,6 +159,9 @@ class ReaderLock:
         except (BlockingIOError, FileNotFoundError, _Gone):
             os.close(fd)
             raise _Gone() from None
+        except OSError:  # a file system without flock (some network mounts): read unprotected
+            os.close(fd)
+            return None
         return cls(fd)
 
     def release(self) -> None:
