@@ -7,13 +7,13 @@ readers racing commits, and ``--weights`` ignored on an existing index.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import matchlens
@@ -162,21 +162,14 @@ def test_index_paths_with_uri_characters_build_open_and_search(tmp_path, scenes_
 
 # --- readers never fail because of a commit -----------------------------------------------------
 
-def _reader(root: str, stop, results) -> None:
-    """Open the index, search it and read its descriptors until ``stop`` is set; report the
-    number of rounds and every failure."""
-    ok, failures = 0, []
-    while not stop.is_set():
-        try:
-            index = matchlens.open_index(root)
-            query = np.asarray(index.vectors()[0], dtype=np.float32)
-            index.search_vectors(query[None, :], 3)
-            float(np.asarray(index.store.descriptors()).sum())  # read lazily, after opening
-            index.store.close()
-            ok += 1
-        except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
-            failures.append(f"{type(exc).__name__}: {exc}")
-    results.put((ok, failures))
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module (its reader loop is the one this test runs)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_readers_never_fail_while_a_writer_commits(idx):
@@ -184,7 +177,8 @@ def test_readers_never_fail_while_a_writer_commits(idx):
     20 generations: not one read may fail, and no superseded generation is left behind."""
     ctx = multiprocessing.get_context("fork")
     results, stop = ctx.Queue(), ctx.Event()
-    readers = [ctx.Process(target=_reader, args=(str(idx), stop, results)) for _ in range(4)]
+    reader = _benchmark("readers").reader
+    readers = [ctx.Process(target=reader, args=(str(idx), stop, results)) for _ in range(4)]
     for proc in readers:
         proc.start()
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -114,11 +113,11 @@ def remove(
     """Remove images from an index (a folder removes every image under it: confirm with --yes)."""
     from matchlens.api import open_index
     from matchlens.errors import SourceError
-    from matchlens.io.collection import listed_path
+    from matchlens.pipeline.index import removal_targets
 
     current = open_index(index_dir)
     matched = current.matching(paths)
-    exact = {listed_path(os.path.expanduser(p)) for p in paths}
+    exact = set(removal_targets(paths))
     by_folder = [e for e in matched if e.path not in exact]
     if by_folder and not yes:
         raise SourceError(f"this would remove {len(matched)} of the {len(current.entries)} entries of '{current.root}' "

@@ -7,9 +7,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import quote
 
 from matchlens.io.collection import display_path
-from urllib.parse import quote
 
 SCHEMA = """
 CREATE TABLE images (

@@ -29,7 +29,7 @@ from matchlens.rerank.dba import dba_vectors, validate_dba_params
 from matchlens.whitening import PCAWhitening
 from matchlens.whitening.learned import lw_from_checkpoint
 
-__all__ = ["KEEP", "BuildReport", "Builder", "Interrupted", "is_own_file", "open_if_exists"]
+__all__ = ["KEEP", "BuildReport", "Builder", "Interrupted", "is_own_file", "is_under", "open_if_exists"]
 
 KEEP = object()  # a writer argument meaning "leave this setting as the current generation has it"
 _OWN_FILES = {".lock", "journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm", "milvus.db", "milvus-pending",
@@ -304,11 +304,16 @@ def checked_dba(params: dict | None) -> dict | None:
     return validate_dba_params(params) if params else None
 
 
+def is_under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both as the scanner lists paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def is_own_file(root: str, path: str) -> bool:
     """Whether ``path`` (as the scanner lists it) is one of the index's own files under ``root``
     (generations, CURRENT, journal, model, caches) rather than an image stored there, such as the
     server's ``uploads/``."""
-    if not (path == root or path.startswith(root.rstrip(os.sep) + os.sep)):
+    if not is_under(path, root):
         return False
     first = os.path.relpath(path, root).split(os.sep)[0]
     return first in _OWN_FILES or first == store.CURRENT or first.startswith((store.GEN_PREFIX, "."))

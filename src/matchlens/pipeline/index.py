@@ -18,12 +18,12 @@ from matchlens.index.metadata import Entry
 from matchlens.index.vectors import VectorIndex
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import display_path, listed_path, scan_many
-from matchlens.pipeline.build import KEEP, Builder, BuildReport, check_spec, is_own_file, open_if_exists
+from matchlens.pipeline.build import KEEP, Builder, BuildReport, check_spec, is_own_file, is_under, open_if_exists
 from matchlens.pipeline.results import SearchResult
 from matchlens.pipeline.search import Chain, SearchPipeline
 from matchlens.rerank import Shortlist
 
-__all__ = ["Index", "as_paths", "open_index"]
+__all__ = ["Index", "as_paths", "open_index", "removal_targets"]
 
 
 class Index:
@@ -160,16 +160,16 @@ class Index:
     def matching(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Entry]:
         """The entries :meth:`remove` would remove: each path is an indexed file or a folder
         (everything under it). A str is one path."""
-        targets = [listed_path(os.path.expanduser(p)) for p in as_paths(paths)]
-        return [e for e in self.store.entries if any(_under(e.path, t) for t in targets)]
+        targets = removal_targets(paths)
+        return [e for e in self.store.entries if any(is_under(e.path, t) for t in targets)]
 
     def remove(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple["Index", BuildReport]:
         """Remove images by path (a folder removes everything under it); error if nothing matches.
         A str is one path, never a list of characters."""
-        targets = [listed_path(os.path.expanduser(p)) for p in as_paths(paths)]
+        targets = removal_targets(paths)
         with store.writer_lock(self.root):
             current = VectorIndex(self.root)
-            keep = [e for e in current.entries if not any(_under(e.path, t) for t in targets)]
+            keep = [e for e in current.entries if not any(is_under(e.path, t) for t in targets)]
             removed = len(current.entries) - len(keep)
             if removed == 0:
                 current.close()
@@ -203,6 +203,11 @@ def as_paths(value: Any) -> list[str]:
     return [str(p) for p in paths]
 
 
+def removal_targets(paths: Any) -> list[str]:
+    """The paths :meth:`Index.remove` matches entries against: each as the scanner lists it."""
+    return [listed_path(os.path.expanduser(p)) for p in as_paths(paths)]
+
+
 def _outside(root: Path, paths: list[str]) -> list[str]:
     """``paths`` without the index's own files (an index kept inside the folder it indexes)."""
     inside = listed_path(root)
@@ -228,7 +233,3 @@ def _dropped(current: VectorIndex | None, paths: list[str], replace: bool) -> in
 
 def _opened(written: tuple[VectorIndex, BuildReport]) -> tuple[Index, BuildReport]:
     return Index(written[0]), written[1]
-
-
-def _under(path: str, target: str) -> bool:
-    return path == target or path.startswith(target.rstrip(os.sep) + os.sep)

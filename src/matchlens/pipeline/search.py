@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from matchlens.errors import MatchlensError
+from matchlens.components import positive_int
 from matchlens.fusion.expression import CNN, FusionSpec, parse_fusion
 from matchlens.index.vectors import VectorIndex
 from matchlens.io.images import checked_box, parse_box
@@ -75,7 +75,7 @@ class SearchPipeline:
 
     def run(self, query: Query, k: int = 20, rerank: Chain = None) -> SearchResponse:
         """Answer one query: results with per-step timings (ms)."""
-        k = checked_k(k)
+        k = positive_int(k, "k")  # k=0 is a mistake, not an empty answer
         chain = as_chain(rerank)
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -90,11 +90,11 @@ class SearchPipeline:
     def rank(self, query: Any, box: Sequence[float] | None = None, depth: int = 20, rerank: Chain = None) -> Shortlist:
         """The query's ranking (rows and scores, best first) of at least ``depth`` entries (all
         images at most), re-ranked; its head does not depend on ``depth``."""
-        return self._rank(Query(query, box), checked_k(depth, "depth"), as_chain(rerank), {})
+        return self._rank(Query(query, box), positive_int(depth, "depth"), as_chain(rerank), {})
 
     def run_many(self, queries: Iterable[Query], k: int = 20, rerank: Chain = None) -> Iterator[SearchResponse]:
         """Answer many queries with one model load, in order (the chain is parsed once)."""
-        k = checked_k(k)
+        k = positive_int(k, "k")  # k=0 is a mistake, not an empty answer
         chain = as_chain(rerank)
         for query in queries:
             yield self.run(query, k, chain)
@@ -130,15 +130,6 @@ class SearchPipeline:
                 entry = self.index.entry_for_row(int(row))
                 out.append(SearchResult(rank=len(out) + 1, score=float(score), id=entry.id, path=entry.path))
         return out
-
-
-def checked_k(k: Any, name: str = "k") -> int:
-    """``k`` as a positive int, or a one-line MatchlensError (``k=0`` is a mistake, not an empty answer)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise MatchlensError(f"{name} must be a whole number of results, got {k!r}")
-    if k < 1:
-        raise MatchlensError(f"{name} must be at least 1, got {k}")
-    return int(k)
 
 
 def as_chain(rerank: Chain) -> list[Reranker]:
