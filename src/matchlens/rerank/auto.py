@@ -70,19 +70,20 @@ class AutoRerank(Reranker):
         self.check("cap", positive_int)
 
     def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
-        """Verified images first, then the ranking of the query expanded with them."""
+        """The ranking of the query expanded with its verified images (see ``order``); the
+        shortlist unchanged when nothing verifies or the query has no image."""
         self.last_expansion = []
-        verified = self.verifier.rerank(query, shortlist, ctx)
+        self.verifier.rerank(query, shortlist, ctx)  # only its inlier counts are used
         inliers = dict(self.verifier.last_inliers)
         if query.image is None:
-            return verified
+            return shortlist
         result = self._expanded(query, shortlist, inliers, ctx)
         for _ in range(self.config["rounds"] - 1):
             fresh = [int(r) for r in result.rows if int(r) not in inliers][: self.config["k_next"]]
             if not fresh or not self._expansion_rows(inliers):
                 break
-            more = self.verifier.rerank(query, Shortlist(np.array(fresh), np.zeros(len(fresh))), ctx)
-            del more  # only its inlier counts matter
+            # Only the inlier counts of this verification are used, not its ordering.
+            self.verifier.rerank(query, Shortlist(np.array(fresh), np.zeros(len(fresh))), ctx)
             inliers.update(self.verifier.last_inliers)
             result = self._expanded(query, shortlist, inliers, ctx)
         return result
