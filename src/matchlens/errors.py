@@ -39,3 +39,7 @@ class IndexError_(MatchlensError):
 
 class SourceError(MatchlensError):
     """A source folder or path list is missing, empty or unreadable."""
+
+
+class MapError(MatchlensError):
+    """A localisation map or its cameras file is missing, foreign, corrupt or built for another index."""

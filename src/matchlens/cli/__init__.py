@@ -22,6 +22,7 @@ from matchlens.cli import training  # noqa: F401
 from matchlens.cli import serving  # noqa: F401
 from matchlens.cli import evidence  # noqa: F401
 from matchlens.cli import kinds  # noqa: F401
+from matchlens.cli import localization  # noqa: F401
 from matchlens.cli.common import app, err, out, progress_factory
 
 __all__ = ["app", "err", "main", "out", "progress_factory"]
@@ -54,6 +55,7 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
     "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
     "encodings": ("matchlens.classic", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
     "normalisers": ("matchlens.fusion", "NORMALISERS"), "metrics": ("matchlens.evidence.tensor", "METRICS"),
+    "registration": ("matchlens.localize.presets", "PRESETS"),
 }
 
 

@@ -9,7 +9,7 @@ may import only ``io`` and the base modules (errors, registry, config, fileio, l
 
 from matchlens.local.features import (CACHE_KIND, DESCRIPTOR_DIM, FeatureCache, LocalFeatures, extract_rootsift,
                                       feature_key, rootsift_from_sift)
-from matchlens.local.verify import count_inliers, inlier_mask, match_features, to_working_frame, verify_pair
+from matchlens.local.verify import count_inliers, inlier_mask, match_features, match_indices, to_working_frame, verify_pair
 
 __all__ = ["CACHE_KIND", "DESCRIPTOR_DIM", "FeatureCache", "LocalFeatures", "count_inliers", "extract_rootsift",
-           "feature_key", "inlier_mask", "match_features", "rootsift_from_sift", "to_working_frame", "verify_pair"]
+           "feature_key", "inlier_mask", "match_features", "match_indices", "rootsift_from_sift", "to_working_frame", "verify_pair"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from matchlens.local.features import LocalFeatures
 
-__all__ = ["METHODS", "MIN_MATCHES", "count_inliers", "inlier_mask", "match_features", "to_working_frame",
+__all__ = ["METHODS", "MIN_MATCHES", "count_inliers", "inlier_mask", "match_features", "match_indices", "to_working_frame",
            "verify_pair"]
 
 #: Robust estimators by name.
@@ -29,16 +29,30 @@ CONFIDENCE = 0.999
 MAX_ITERS = 2000
 
 
-def match_features(query: LocalFeatures, database: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Query→database nearest-neighbour matches passing Lowe's ratio test: (src, dst) points, (m, 2)."""
+def match_indices(query: LocalFeatures, database: LocalFeatures, ratio: float, mutual: bool = False) -> np.ndarray:
+    """Query→database nearest-neighbour matches passing Lowe's ratio test, as keypoint indices (m, 2).
+
+    ``mutual`` also requires the query keypoint to be the database keypoint's nearest neighbour
+    (cross-check), which removes most many-to-one matches on repeated structures.
+    """
     if len(query) == 0 or len(database) < 2:  # the ratio test needs a second neighbour
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(query.descriptors, database.descriptors, k=2)
+        return np.zeros((0, 2), np.int64)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    pairs = matcher.knnMatch(query.descriptors, database.descriptors, k=2)
     good = [(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance]
     if not good:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
-    q_idx, d_idx = np.array(good, np.int64).T
-    return query.xy[q_idx], database.xy[d_idx]
+        return np.zeros((0, 2), np.int64)
+    found = np.array(good, np.int64)
+    if mutual:
+        back = np.array([m.trainIdx for m in matcher.match(database.descriptors, query.descriptors)], np.int64)
+        found = found[back[found[:, 1]] == found[:, 0]]
+    return found
+
+
+def match_features(query: LocalFeatures, database: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Query→database nearest-neighbour matches passing Lowe's ratio test: (src, dst) points, (m, 2)."""
+    found = match_indices(query, database, ratio)
+    return query.xy[found[:, 0]].reshape(-1, 2), database.xy[found[:, 1]].reshape(-1, 2)
 
 
 def inlier_mask(src: np.ndarray, dst: np.ndarray, model: str = "homography", method: str = "magsac",
