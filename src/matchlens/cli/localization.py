@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from matchlens.cli.common import app, out, progress_factory
+from matchlens.cli.common import app, err, out, progress_factory
 
 FUSE_HELP = "Retrieve by a descriptor kind or a late fusion of kinds, e.g. cnn+densevlad:ghm (see 'matchlens encode --help')."
 PRESET_HELP = "COLMAP registration settings of the Kapture paper's Table 1: {registration}."
@@ -31,6 +31,7 @@ def _cameras(cameras: Optional[Path], kapture: Optional[Path], colmap: Optional[
         from matchlens.localize.kapture_io import read_kapture
         return read_kapture(kapture)
     from matchlens.localize.colmap_io import read_colmap
+    assert colmap is not None  # exactly one source was given (checked above)
     return read_colmap(colmap)
 
 
@@ -144,7 +145,7 @@ def localize(
         raise ConfigError("give one query image or --queries FOLDER_OR_LIST")
     localizer = _open_localizer(map_dir, index_dir, k, fuse, preset)
     truth = read_cameras_json(cameras) if cameras is not None else None
-    paths = [Path(p) for p in scan_source(queries)] if queries is not None else [query]
+    paths = [Path(p) for p in scan_source(queries)] if queries is not None else [Path(str(query))]
     failed = 0
     for path in paths:
         result = localizer.localize(path, _query_camera(path, intrinsics, camera_model, truth))
@@ -215,7 +216,7 @@ def eval_loc(
     with progress_factory(not quiet and not as_json) as progress:
         evaluation = evaluate_localization(localizer, names, truth, not unknown_intrinsics, progress)
     if plot is not None:
-        _plot(localizer.map, evaluation, truth, plot)
+        _plot(localizer.map, evaluation, truth, plot, err if as_json else out)
     if as_json:
         sys.stdout.write(json.dumps(_json_safe(evaluation.to_dict()), indent=1) + "\n")
         return
@@ -245,13 +246,13 @@ def _print_summary(summary: dict, title: str) -> None:
     out.print(table)
 
 
-def _plot(scene_map, evaluation, truth: dict, path: Path) -> None:
+def _plot(scene_map, evaluation, truth: dict, path: Path, console) -> None:
     from matchlens.localize.plot import QueryPose, plot_map
 
     poses = [QueryPose(o.result.query, o.result.R, o.result.C, truth[o.result.query].R, truth[o.result.query].C)
              for o in evaluation.outcomes]
     plot_map(scene_map, poses, path)
-    out.print(f"plot: {path}", markup=False, highlight=False)
+    console.print(f"plot: {path}", markup=False, highlight=False)  # stderr with --json: stdout stays JSON
 
 
 @app.command()
@@ -277,7 +278,7 @@ def export(
     index = open_index(index_dir)
     scene_map = load_map(map_dir) if map_dir is not None else None
     if pairs is not None:
-        count = write_pairs(index, pairs, k=k, fuse=fuse, style=pairs_style)
+        count = write_pairs(index, pairs, k=k, fuse=fuse, style=pairs_style, scene_map=scene_map)
         out.print(f"pairs: {count} lines in {pairs}", markup=False, highlight=False)
     if kapture is not None:
         with progress_factory(not quiet) as progress:

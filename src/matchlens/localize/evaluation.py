@@ -72,7 +72,10 @@ def summarise(position: Sequence[float], rotation: Sequence[float]) -> dict[str,
 
 
 def _outcome(result: Localization, truth: PosedCamera, map_cameras: dict[str, PosedCamera]) -> QueryOutcome:
-    position, rotation = pose_errors(result.R, result.C, truth) if result.ok else (math.inf, math.inf)
+    if result.ok and result.R is not None and result.C is not None:
+        position, rotation = pose_errors(result.R, result.C, truth)
+    else:
+        position, rotation = math.inf, math.inf
     if result.retrieved:
         top = map_cameras[result.retrieved[0]]
         base_position, base_rotation = pose_errors(top.R, top.C, truth)

@@ -196,6 +196,14 @@ def _camera_pose(timestamp: str, device: str, trajectories: dict[tuple[str, str]
     return None
 
 
+def _stamp(text: str, path: Path) -> str:
+    """A timestamp in one spelling (kapture pads them; "0007" and "7" are the same record time)."""
+    try:
+        return str(int(text))
+    except ValueError:
+        raise MapError(f"{path}: timestamps must be integers, got {text!r}") from None
+
+
 def _check_kapture_root(root: Path) -> None:
     if not root.is_dir():
         raise MapError(f"kapture folder not found: {root}")
@@ -215,14 +223,16 @@ def read_kapture(root: str | os.PathLike) -> dict[str, PosedCamera]:
     root = Path(root)
     _check_kapture_root(root)
     sensors = _read_sensors(root / _SENSORS)
-    trajectories = _read_poses(root / _TRAJECTORIES) if (root / _TRAJECTORIES).is_file() else {}
+    trajectories = ({(_stamp(ts, root / _TRAJECTORIES), device): pose
+                     for (ts, device), pose in _read_poses(root / _TRAJECTORIES).items()}
+                    if (root / _TRAJECTORIES).is_file() else {})
     rigs = _read_poses(root / _RIGS) if (root / _RIGS).is_file() else {}
     cameras: dict[str, PosedCamera] = {}
     unposed = 0
     for row in _table(root / _RECORDS):
         if len(row) != 3:
             raise MapError(f"{root / _RECORDS}: expected timestamp, device_id, image_path, got {', '.join(row)}")
-        timestamp, device, name = row
+        timestamp, device, name = _stamp(row[0], root / _RECORDS), row[1], row[2]
         if device not in sensors:
             continue  # a record of a sensor that is not a camera
         intrinsics, pose = sensors[device], _camera_pose(timestamp, device, trajectories, rigs)

@@ -87,7 +87,9 @@ def _features(images: Sequence[MapImage], cache: FeatureCache, settings: MapSett
         features = cache.get(image.sha256, key)
         if features is None:
             features = extract_rootsift(load_image(image.path), settings.max_keypoints, settings.max_side)
-            cache.put(image.sha256, key, features)
+            # Match with the stored (float16) descriptors, as a resumed build and localisation will.
+            if cache.put(image.sha256, key, features):
+                features = cache.get(image.sha256, key) or features
         found.append(features)
         advance(1)
     return found

@@ -119,7 +119,7 @@ def load_map(root: str | os.PathLike) -> SceneMap:
     try:
         images = [MapImage(str(e["name"]), str(e["path"]), str(e["sha256"])) for e in manifest["images"]]
         with np.load(root / "points.npz", allow_pickle=False) as points:
-            xyz, error, track = points["xyz"].astype(np.float64), points["error"], points["track"]
+            xyz, reprojection, track = points["xyz"].astype(np.float64), points["error"], points["track"]
         with np.load(root / "observations.npz", allow_pickle=False) as obs:
             observations = np.stack([obs["image"], obs["keypoint"], obs["point"]], axis=1).astype(np.int64)
     except (OSError, KeyError, TypeError, ValueError) as error:
@@ -131,4 +131,4 @@ def load_map(root: str | os.PathLike) -> SceneMap:
     missing = [im.name for im in images if im.name not in cameras]
     if missing:
         raise MapError(f"map {root} is damaged: no camera for {missing[0]}")
-    return SceneMap(root, manifest, images, cameras, xyz, error, track, observations)
+    return SceneMap(root, manifest, images, cameras, xyz, reprojection, track, observations)

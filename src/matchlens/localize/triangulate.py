@@ -99,9 +99,17 @@ def triangulate_tracks(tracks: Sequence[Sequence[Node]], features: Sequence[Loca
 
     options = pycolmap.EstimateTriangulationOptions()
     options.min_tri_angle = math.radians(min_angle)
+    # pycolmap's RANSAC measures angular error (default 2°, i.e. ~30 px at f = 900): use the pixel
+    # threshold seen through the longest focal length, so RANSAC's inliers are the ones kept below.
+    longest = max(float(max(camera.K[0, 0], camera.K[1, 1])) for camera in cameras)
+    options.ransac.max_error = math.atan2(max_reproj_error, longest)
+    options.ransac.random_seed = 0  # the same matches give the same map
     poses = [camera.cam_from_world() for camera in cameras]
     models = [camera.camera.to_pycolmap() for camera in cameras]
-    xyzs, errors, lengths, observations = [], [], [], []
+    xyzs: list[np.ndarray] = []
+    errors: list[float] = []
+    lengths: list[int] = []
+    observations: list[tuple[int, int, int]] = []
     for nodes in tracks:
         points = np.array([features[i].xy[k] for i, k in nodes], np.float64) + PIXEL_OFFSET
         found = pycolmap.estimate_triangulation(points, [poses[i] for i, _ in nodes], [models[i] for i, _ in nodes],
