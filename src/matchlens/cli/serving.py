@@ -55,8 +55,10 @@ def serve(
     allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="NAME", help="Also answer requests for this Host (NAME, NAME:PORT, *.DOMAIN; repeatable; '*' turns the check off). By default only the --host address (and localhost names on loopback) is answered: other Hosts get 400 (DNS rebinding)."),
     request_timeout: float = typer.Option(30.0, "--request-timeout", help="Seconds a client has to send a request's head, then its whole body (slower: 408 and disconnected).", min=0.1),
     keep_alive_timeout: int = typer.Option(5, "--keep-alive-timeout", help="Seconds an idle connection is kept open.", min=1),
+    map_dir: Optional[Path] = typer.Option(None, "--map", metavar="MAP", help="Localisation map (matchlens map) built with this index: enables POST /localize and the page's Localise button."),
 ) -> None:
-    """Serve an index over HTTP: search API, web page at /, API docs at /docs (Ctrl+C stops)."""
+    """Serve an index over HTTP: search API (with --map, localisation), web page at /, API docs at /docs
+    (Ctrl+C stops)."""
     from matchlens.service.hosts import is_wildcard
     from matchlens.service.server import is_loopback, serve as run_server
 
@@ -67,12 +69,13 @@ def serve(
     if is_wildcard(host) and not allowed:
         err.print(f"warning: with --host {host} only requests for the names given with --allow-host NAME are "
                   "answered (others get 400)", markup=False, highlight=False)
+    with_map = f"; map: {map_dir}" if map_dir else ""
     run_server(index_dir, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                max_pixels=max_pixels, verifier=verifier, allowed_hosts=allowed, request_timeout=request_timeout,
-               keep_alive_timeout=keep_alive_timeout,
+               keep_alive_timeout=keep_alive_timeout, map_dir=map_dir,
                on_ready=lambda url: _announce(f"matchlens: serving {index_dir} at {url} (writes "
                                               f"{'enabled' if token else 'disabled'}; evidence: "
-                                              f"{'verifier' if verifier else 'spatial'}; Ctrl+C stops)"))
+                                              f"{'verifier' if verifier else 'spatial'}{with_map}; Ctrl+C stops)"))
 
 
 def _announce(line: str) -> None:

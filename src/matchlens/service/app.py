@@ -1,13 +1,14 @@
 """The HTTP API and the web page of ``matchlens serve`` (FastAPI).
 
 Endpoints: ``POST /search``, ``POST /explain``, ``GET /images/{id}``, ``GET /thumbnails/{id}``,
-``GET /index``, ``GET /health``; with the API token, ``POST /images`` and ``DELETE /images/{id}``.
+``GET /index``, ``GET /health``; with the API token, ``POST /images`` and ``DELETE /images/{id}``;
+with a map (``serve --map``), ``POST /localize`` (:mod:`matchlens.service.localize`).
 ``/`` is the search page (static files shipped in this package), ``/docs`` the OpenAPI docs, all
 served from this process: nothing is fetched from the internet.
 
 Every error is a JSON ``{"detail": "one line"}`` with a fitting status: 400 bad input or a Host
-that is not allowed, 401/403 token, 404 unknown id, 408 body too slow, 409 index busy, 413 too
-large, 415 not an image, 422 malformed form.
+that is not allowed, 401/403 token, 404 unknown id (or no map), 408 body too slow, 409 index busy,
+413 too large, 415 not an image, 422 malformed form.
 
 Hardening: a Host allow-list (:mod:`matchlens.service.hosts`, against DNS rebinding), a deadline
 for request bodies (:class:`~matchlens.service.uploads.BodyDeadline`; slow heads are the server's
@@ -39,6 +40,7 @@ from matchlens.evidence.explainers import Explainer, make_explainer
 from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
 from matchlens.service.hosts import HostAllowList, default_allowed_hosts, normalise
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
+from matchlens.service.localize import MapInfo, MapService, install_localize_routes
 from matchlens.service.query import evidence_query, timed_search
 from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, DEFAULT_REQUEST_TIMEOUT, BodyDeadline, BodyLimit,
                                        DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited, safe_name)
@@ -112,6 +114,7 @@ class IndexInfo(BaseModel):
     evidence: EvidenceInfo = Field(description="What POST /explain draws.")
     writable: bool
     limits: dict[str, int]
+    map: MapInfo | None = Field(default=None, description="The map POST /localize uses (None: started without --map).")
     version: str
 
 
@@ -143,7 +146,8 @@ class RemoveResponse(BaseModel):
 # --- the app -----------------------------------------------------------------------------------
 def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, verifier: str | Path | None = None, *, host: str = "127.0.0.1",
-               allowed_hosts: Iterable[str] = (), request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT) -> FastAPI:
+               allowed_hosts: Iterable[str] = (), request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+               map_dir: str | Path | None = None) -> FastAPI:
     """The FastAPI app serving the index at ``index_dir`` (opened and warmed now: one-line
     IndexError_ if it is missing). Without ``token`` the write endpoints are disabled.
     ``verifier`` (a ``matchlens train-verifier`` checkpoint, loaded now: one-line WeightsError if
@@ -154,17 +158,23 @@ def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes
     loopback address also ``localhost``, ``127.0.0.1``, ``[::1]``) or one of ``allowed_hosts``
     (``NAME``, ``NAME:PORT``, ``*.DOMAIN``; ``*`` turns the check off) are answered; others get
     400. A test client must allow its own host: Starlette's TestClient sends ``testserver``.
-    A request body must arrive within ``request_timeout`` seconds (408; None: no limit)."""
+    A request body must arrive within ``request_timeout`` seconds (408; None: no limit).
+    ``map_dir`` (a ``matchlens map`` folder built with this index, opened now: one-line MapError
+    if it is damaged or was built for another index) enables ``POST /localize``."""
     allowed = tuple(dict.fromkeys([*default_allowed_hosts(host), *(normalise(h) for h in allowed_hosts)]))
     explainer = make_explainer(verifier)  # first: a bad checkpoint fails before the index is warmed
     live = LiveIndex(index_dir)
+    scene_map = MapService(map_dir, live) if map_dir is not None else None
     settings = Settings(token or None, max_upload_bytes, max_pixels, allowed_hosts=allowed,
                         request_timeout=request_timeout)
+    # One gate for every route that decodes a query: it bounds the memory of all of them together.
+    gate = threading.BoundedSemaphore(settings.max_parallel)
     app = _new_app(max_upload_bytes, request_timeout)
     app.state.live, app.state.settings = live, settings
     _install_errors(app)
     _install_page(app)
-    _install_read_routes(app, live, settings, explainer)
+    _install_read_routes(app, live, settings, explainer, gate, scene_map)
+    install_localize_routes(app, live, scene_map, gate, settings.max_upload_bytes, settings.max_pixels)
     _install_write_routes(app, live, settings)
     app.add_middleware(HostAllowList, allowed=allowed)  # last added, outermost: before anything else runs
     return app
@@ -232,8 +242,8 @@ def _query_upload(upload: UploadFile, settings: Settings) -> tuple[bytes, Any]:
     return data, probe_image(data, settings.max_pixels, upload.filename or "upload")
 
 
-def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, explainer: Explainer) -> None:
-    gate = threading.BoundedSemaphore(settings.max_parallel)
+def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, explainer: Explainer,
+                         gate: threading.BoundedSemaphore, scene_map: MapService | None) -> None:
     @app.get("/health", response_model=Health, tags=["index"])
     def health() -> Health:
         """Liveness: the server answers and has an index."""
@@ -250,7 +260,7 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
             dba=index.manifest.get("dba"), rerankers=RERANKERS.names(), evidence=_evidence_info(explainer),
             writable=settings.token is not None,
             limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, "max_k": MAX_K},
-            version=__version__)
+            version=__version__, map=scene_map.info() if scene_map is not None else None)
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
     def search(

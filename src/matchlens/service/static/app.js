@@ -28,6 +28,7 @@ async function useFile(file) {
   state.box = null;
   $("box").value = "";
   $("search").disabled = false;
+  $("localize").disabled = false;
   $("canvas-wrap").hidden = bitmap === null;
   if (bitmap) {
     const canvas = $("canvas");
@@ -110,6 +111,7 @@ function bindInputs() {
   });
   $("clear-box").addEventListener("click", () => { state.box = null; $("box").value = ""; if (state.bitmap) draw(); });
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+  $("localize-form").addEventListener("submit", (e) => { e.preventDefault(); localize(); });
 }
 
 // ---- talking to the API -------------------------------------------------------------------
@@ -218,6 +220,66 @@ async function explain(card, result) {
   }
 }
 
+// ---- localisation (servers started with --map) ----------------------------------------------
+async function localize() {
+  if (!state.file) return;
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "query");
+  const intrinsics = $("intrinsics").value.trim();
+  if (intrinsics) form.append("intrinsics", intrinsics);
+  $("localize").disabled = true;
+  $("localize-panel").hidden = false;
+  $("localize-caption").textContent = "localising…";
+  try {
+    const response = await fetch("/localize", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorText(response));
+    showPose(await response.json());
+  } catch (err) {
+    $("localize-caption").textContent = "";
+    showSummary(err.message, true);
+  } finally {
+    $("localize").disabled = false;
+  }
+}
+
+function showSummary(text, failed) {
+  const summary = $("localize-summary");
+  summary.textContent = text;
+  summary.classList.toggle("failed", failed);
+}
+
+function showPose(body) {
+  // A query that cannot be localised is an answer (status "failed" and why), not an error.
+  const ok = body.status === "ok";
+  const fixed = (values, digits) => values.map((v) => v.toFixed(digits)).join(", ");
+  $("localize-caption").textContent = `${body.query} in map ${body.map} (top-${body.k}, ${body.preset})`;
+  const counts = `${body.inliers}/${body.correspondences} inliers · ${body.timings_ms.total.toFixed(0)} ms`;
+  showSummary(ok ? `ok · camera centre C = (${fixed(body.C, 3)}) · ${counts}`
+                 : `failed: ${body.reason} · ${counts}`, !ok);
+  const list = $("localize-retrieved");
+  list.replaceChildren();
+  for (const r of body.retrieved_images) {
+    const card = document.createElement("li");
+    card.className = "card";
+    if (r.thumbnail_url) {
+      const img = document.createElement("img");
+      img.src = r.thumbnail_url;
+      img.alt = r.name;
+      img.loading = "lazy";
+      card.append(img);
+    }
+    const meta = document.createElement("div");
+    meta.className = "meta name";
+    meta.textContent = r.name;
+    card.append(meta);
+    list.append(card);
+  }
+  const plot = $("localize-plot");
+  plot.hidden = !body.plot;
+  if (body.plot) plot.src = body.plot; else plot.removeAttribute("src");
+  $("localize-panel").scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
 function showStatus(text, isError = false) {
   const status = $("status");
   status.textContent = text;
@@ -229,7 +291,12 @@ async function showIndexInfo() {
     const response = await fetch("/index");
     if (!response.ok) throw new Error(await errorText(response));
     const info = await response.json();
-    $("index-info").textContent = `${info.images} images · ${info.pipeline}`;
+    $("index-info").textContent = `${info.images} images · ${info.pipeline}` +
+      (info.map ? ` · map ${info.map.name} (${info.map.images} images)` : "");
+    if (info.map) {
+      $("map-name").textContent = info.map.name;
+      $("localize-form").hidden = false;
+    }
   } catch (err) {
     $("index-info").textContent = `index unavailable: ${err.message}`;
   }
