@@ -15,6 +15,12 @@ from matchlens.cli.common import app, err, out, progress_factory
 
 FUSE_HELP = "Retrieve by a descriptor kind or a late fusion of kinds, e.g. cnn+densevlad:ghm (see 'matchlens encode --help')."
 PRESET_HELP = "COLMAP registration settings of the Kapture paper's Table 1: {registration}."
+# The localisation options that localize and eval-loc share (one definition, one help text).
+MapOpt = typer.Argument(..., help="Map folder (matchlens map).")
+LocIndexOpt = typer.Option(None, "--index", "-i", help="Index to retrieve with (default: the one the map was built with).")
+LocTopOpt = typer.Option(5, "-k", "--top", min=1, help="Retrieved map images to match against.")
+LocFuseOpt = typer.Option(None, "--fuse", help=FUSE_HELP)
+LocPresetOpt = typer.Option("config1", "--preset", help=PRESET_HELP)
 
 
 def _cameras(cameras: Optional[Path], kapture: Optional[Path], colmap: Optional[Path]):
@@ -123,16 +129,14 @@ def _open_localizer(map_dir: Path, index_dir: Optional[Path], k: int, fuse: Opti
 
 @app.command()
 def localize(
-    map_dir: Path = typer.Argument(..., help="Map folder (matchlens map)."),
+    map_dir: Path = MapOpt,
     query: Optional[Path] = typer.Argument(None, help="Query image (or give --queries)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Many queries: a folder (recursive) or a list file."),
     intrinsics: Optional[str] = typer.Option(None, "--intrinsics", help="Query camera fx,fy,cx,cy in pixels (default: focal estimated)."),
     camera_model: Optional[str] = typer.Option(None, "--camera-model", help="Query camera as COLMAP 'MODEL WIDTH HEIGHT PARAMS...'."),
     cameras: Optional[Path] = typer.Option(None, "--cameras", help="cameras.json giving each query's intrinsics by file name."),
-    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index to retrieve with (default: the one the map was built with)."),
-    k: int = typer.Option(5, "-k", "--top", min=1, help="Retrieved map images to match against."),
-    fuse: Optional[str] = typer.Option(None, "--fuse", help=FUSE_HELP),
-    preset: str = typer.Option("config1", "--preset", help=PRESET_HELP),
+    index_dir: Optional[Path] = LocIndexOpt, k: int = LocTopOpt, fuse: Optional[str] = LocFuseOpt,
+    preset: str = LocPresetOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON (one line per query with --queries)."),
 ) -> None:
     """Localise photos in a map: status, R (world-to-camera), t, camera centre C, inliers, the retrieved
@@ -192,14 +196,12 @@ def _eval_queries(queries: Path, truth: dict, scene_map, split: Optional[Path]) 
 
 @app.command("eval-loc")
 def eval_loc(
-    map_dir: Path = typer.Argument(..., help="Map folder (matchlens map)."),
+    map_dir: Path = MapOpt,
     queries: Path = typer.Option(..., "--queries", help="Folder of the query images."),
     cameras: Path = typer.Option(..., "--cameras", help="Ground-truth cameras of the queries (cameras.json)."),
     split: Optional[Path] = typer.Option(None, "--split", help="Only these queries: split.json ('queries') or a list of names."),
-    index_dir: Optional[Path] = typer.Option(None, "--index", "-i", help="Index to retrieve with (default: the map's)."),
-    k: int = typer.Option(5, "-k", "--top", min=1, help="Retrieved map images to match against."),
-    fuse: Optional[str] = typer.Option(None, "--fuse", help=FUSE_HELP),
-    preset: str = typer.Option("config1", "--preset", help=PRESET_HELP),
+    index_dir: Optional[Path] = LocIndexOpt, k: int = LocTopOpt, fuse: Optional[str] = LocFuseOpt,
+    preset: str = LocPresetOpt,
     unknown_intrinsics: bool = typer.Option(False, "--unknown-intrinsics", help="Do not give the true intrinsics: estimate the focal length."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a top-down PNG of the map, the true and the estimated query cameras."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary and per-query results as JSON."),
