@@ -276,3 +276,16 @@ def test_map_cli_errors_are_one_line(tmp_path, capsys):
     assert code != 0 and "exactly one of --cameras" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "localize", tmp_path / "nomap", tmp_path / "q.jpg")
     assert code != 0 and "map not found" in err
+
+
+def test_clahe_keeps_the_keypoints_of_a_dark_photo_and_is_part_of_the_feature_key():
+    from matchlens.io.degrade import degrade
+    from matchlens.local.features import extract_rootsift, feature_key
+
+    photo = make_scene(5, (640, 480))
+    dark = degrade(photo, "low_light", seed=0)
+    plain, equalised = (len(extract_rootsift(dark, 4096, 1024, contrast)) for contrast in ("none", "clahe"))
+    assert equalised > 2 * plain
+    assert feature_key(4096, 1024) == feature_key(4096, 1024, "none") != feature_key(4096, 1024, "clahe")
+    with pytest.raises(Exception, match="unknown contrast normalisation"):
+        extract_rootsift(photo, 10, 100, "sharpen")

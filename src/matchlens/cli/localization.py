@@ -82,6 +82,7 @@ def map_(
     k: int = typer.Option(10, "-k", "--pairs-k", min=1, help="Mapping pairs: each image with its top-k retrieved images."),
     fuse: Optional[str] = typer.Option(None, "--fuse", help=FUSE_HELP),
     max_keypoints: int = typer.Option(4096, "--max-keypoints", min=16, help="RootSIFT keypoints per image."),
+    contrast: str = typer.Option("clahe", "--contrast", help="Grayscale normalisation before SIFT, for the map and its queries: {contrasts}."),
     replace: bool = typer.Option(False, "--replace", help="Overwrite an existing map."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -95,7 +96,8 @@ def map_(
     names = _names(split, "map")
     with progress_factory(not quiet) as progress:
         index = _index_for_map(index_dir, scene, names if names is not None else sorted(posed), progress)
-        scene_map = build_map(index, scene, posed, out_dir, MapSettings(k=k, fuse=fuse, max_keypoints=max_keypoints),
+        scene_map = build_map(index, scene, posed, out_dir, MapSettings(k=k, fuse=fuse, max_keypoints=max_keypoints,
+                                                                 contrast=contrast),
                               names=names, replace=replace, progress=progress)
     counts, timings = scene_map.manifest["counts"], scene_map.manifest["timings_s"]
     out.print(f"map {scene_map.root}: {counts['images']} images, {counts['pairs']} pairs, {counts['points']:,} points "

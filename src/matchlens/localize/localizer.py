@@ -108,7 +108,9 @@ class Localizer:
         image = query if isinstance(query, Image.Image) else load_image(query)
         label = name or (str(query) if not isinstance(query, Image.Image) else "query")
         settings = self.map.manifest["features"]
-        features = extract_rootsift(image, int(settings["max_keypoints"]), int(settings["max_side"]))
+        # The query is described exactly as the map images were (same keypoints budget and contrast).
+        features = extract_rootsift(image, int(settings["max_keypoints"]), int(settings["max_side"]),
+                                    str(settings.get("contrast", "none")))
         timings["features"], clock = 1000 * (time.perf_counter() - clock), time.perf_counter()
         retrieved = self._retrieve(image)
         timings["retrieval"], clock = 1000 * (time.perf_counter() - clock), time.perf_counter()

@@ -25,7 +25,7 @@ from matchlens.errors import MapError
 from matchlens.fileio import atomic_write, write_json_atomic
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import load_image
-from matchlens.local.features import FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import CONTRASTS, FeatureCache, LocalFeatures, extract_rootsift, feature_key
 from matchlens.localize.cameras import PosedCamera, write_cameras_json
 from matchlens.localize.mapstore import FORMAT, VERSION, MapImage, SceneMap, load_map, pair_file
 from matchlens.localize.matching import match_pair
@@ -44,6 +44,7 @@ class MapSettings:
     fuse: str | None = None     # descriptor kind or fusion for the pairs (None: the index's cnn)
     max_keypoints: int = 4096
     max_side: int = 1024
+    contrast: str = "clahe"     # grayscale normalisation before SIFT (local.features.CONTRASTS): night queries
     ratio: float = 0.8
     epipolar_error: float = 4.0  # px, Sampson distance to the known geometry
     min_angle: float = 1.5       # degrees between the rays of a kept point
@@ -80,13 +81,14 @@ def map_entries(index: Index, scene: Path, cameras: dict[str, PosedCamera],
 
 def _features(images: Sequence[MapImage], cache: FeatureCache, settings: MapSettings,
               progress: ProgressFactory) -> list[LocalFeatures]:
-    key = feature_key(settings.max_keypoints, settings.max_side)
+    key = feature_key(settings.max_keypoints, settings.max_side, settings.contrast)
     advance = progress(len(images), "features")
     found = []
     for image in images:
         features = cache.get(image.sha256, key)
         if features is None:
-            features = extract_rootsift(load_image(image.path), settings.max_keypoints, settings.max_side)
+            features = extract_rootsift(load_image(image.path), settings.max_keypoints, settings.max_side,
+                                        settings.contrast)
             # Match with the stored (float16) descriptors, as a resumed build and localisation will.
             if cache.put(image.sha256, key, features):
                 features = cache.get(image.sha256, key) or features
@@ -171,6 +173,7 @@ def build_map(index: Index, scene: str | os.PathLike, cameras: dict[str, PosedCa
     if out.exists() and not replace:
         raise MapError(f"{out} already exists: pass --replace to overwrite it")
     preset = PRESETS.get(settings.preset)
+    CONTRASTS.get(settings.contrast)  # an unknown name fails before any work
     progress = progress or _noop
     images = map_entries(index, Path(scene).absolute(), cameras, names)
     work = out.with_name(out.name + ".partial")
@@ -205,7 +208,8 @@ def _write(work: Path, index: Index, images: Sequence[MapImage], posed: Sequence
     manifest = {
         "format": FORMAT, "version": VERSION, "index": str(index.root),
         "features": {"kind": "rootsift", "max_keypoints": settings.max_keypoints, "max_side": settings.max_side,
-                     "key": feature_key(settings.max_keypoints, settings.max_side)},
+                     "contrast": settings.contrast,
+                     "key": feature_key(settings.max_keypoints, settings.max_side, settings.contrast)},
         "settings": asdict(settings), "images": [asdict(im) for im in images], "pairs": [list(p) for p in pairs],
         "counts": {"images": len(images), "pairs": len(pairs), "tracks": points.tracks_tried,
                    "points": len(points.xyz), "observations": len(obs)},
