@@ -60,11 +60,13 @@ def _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_
     )
     if pooling and pooling_params is None:
         overrides["pooling_params"] = {}  # a different pooling does not inherit the preset's params
-    if weights and not pooling:
+    # An .onnx file is a model graph (e.g. --preset sscd), not a torch checkpoint carrying a spec.
+    checkpoint = bool(weights) and not str(overrides["weights"]).lower().endswith(".onnx")
+    if checkpoint and not pooling:
         from matchlens.models.cirtorch import checkpoint_pooling
 
         overrides.update(checkpoint_pooling(overrides["weights"]) or {})  # e.g. a fine-tuned GeM's own p
-    if weights:
+    if checkpoint:
         from matchlens.models.weights import checkpoint_spec_fields
 
         # A `matchlens train` checkpoint carries its spec: it fills every option the user left out.
