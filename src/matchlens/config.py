@@ -171,6 +171,9 @@ DEFAULT_PRESET = "rmac-ms"
 # backbones, whose weights come with the ``lite`` extra; measured in docs/backbones.md.
 PRESETS["lite1"] = {**PRESETS[DEFAULT_PRESET], "backbone": "tf_efficientnet_lite1"}
 PRESETS["lite2"] = {**PRESETS[DEFAULT_PRESET], "backbone": "tf_efficientnet_lite2"}
+# The same pipeline on SSCD (an int8 ONNX ResNet-50 trained for copy detection), from the
+# optional ``sscd`` extra (proprietary licence) or --weights PATH/sscd.onnx; ONNX Runtime only.
+PRESETS["sscd"] = {**PRESETS[DEFAULT_PRESET], "backbone": "sscd"}
 
 
 def preset_names() -> list[str]:

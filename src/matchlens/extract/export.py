@@ -7,7 +7,8 @@ the same backbone and weights shares one export. Writes are atomic (temporary si
 rename), a sidecar ``.sha256`` file guards against a truncated or damaged model (which is then
 exported again), and a lock file stops parallel processes (Dask workers) from exporting at once.
 Only the :data:`KEEP_EXPORTS` most recently used exports are kept (fine-tuning makes new weights
-often; each export is 10-100 MB).
+often; each export is 10-100 MB). A network that exists only as ONNX is not traced: its
+feature-map part is cut from its own file (:func:`write_onnx`) into the same cache.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 from matchlens.errors import ConfigError
 from matchlens.fileio import atomic_path, write_text_atomic
@@ -137,10 +138,19 @@ def _touch(path: Path) -> None:
 
 def _export(backbone: torch.nn.Module, path: Path) -> str:
     with atomic_path(path) as tmp:  # the exporter writes by file name, not into a handle
-        _trace_to_onnx(backbone, tmp)
+        write_onnx(backbone, tmp)
         digest = file_sha256(tmp)
     _write_atomic(_sidecar(path), digest + "\n")
     return digest
+
+
+def write_onnx(backbone: torch.nn.Module, target: Path) -> None:
+    """Write ``backbone``'s ONNX model to ``target``: traced, or for a network that exists only as
+    ONNX (``backbone.onnx_only``) its feature-map part cut from its own file."""
+    if getattr(backbone, "onnx_only", False):
+        cast(Any, backbone).write_onnx(target)
+    else:
+        _trace_to_onnx(backbone, target)
 
 
 def _trace_to_onnx(backbone: torch.nn.Module, target: Path) -> None:

@@ -136,7 +136,7 @@ def _copy_cached_export(backbone: Any, model: Path) -> tuple[str, int] | None:
 def _trace_into(backbone: Any, model: Path) -> tuple[str, int]:
     """Trace ``backbone`` straight into ``model`` (atomically); ConfigError if it cannot be exported."""
     with atomic_path(model) as tmp:  # the exporter writes by file name, not into a handle
-        onnx_export._trace_to_onnx(backbone, tmp)
+        onnx_export.write_onnx(backbone, tmp)
         digest, size = onnx_export.file_sha256(tmp), os.path.getsize(tmp)
     return digest, size
 

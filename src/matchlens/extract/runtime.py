@@ -130,6 +130,7 @@ def load_runtime(name: str, backbone: torch.nn.Module, threads: int | None = Non
     the runtime is not installed or the backbone cannot be exported.
     """
     threads = threads or cpu_threads()
+    _check_allowed(name, backbone)
     if name == "pytorch":
         return TorchRuntime(backbone, threads, device)
     if device is not None and not device.startswith("cpu"):
@@ -158,6 +159,25 @@ def load_runtime(name: str, backbone: torch.nn.Module, threads: int | None = Non
     return runtime
 
 
+def _check_allowed(name: str, backbone: torch.nn.Module) -> None:
+    """A one-line ConfigError when ``backbone`` may not run on runtime ``name`` (ONNX-only networks)."""
+    allowed = getattr(backbone, "runtimes", None)
+    if allowed and name not in allowed:
+        label = getattr(backbone, "name", type(backbone).__name__)
+        how = "exists only as an ONNX model" if getattr(backbone, "onnx_only", False) else "is restricted"
+        raise ConfigError(f"backbone {label!r} {how} and runs on {' or '.join(allowed)} only, not {name}; "
+                          f"use --runtime {allowed[0]}")
+
+
+def _auto_for(backbone: torch.nn.Module, device: str | None) -> list[str]:
+    """What ``auto`` tries for ``backbone``: :func:`auto_candidates`, or for a backbone that allows
+    only some runtimes (all CPU ones) those of them that are installed, in the same order."""
+    allowed = getattr(backbone, "runtimes", None)
+    if not allowed:
+        return auto_candidates(device)
+    return [n for n in auto_candidates("cpu") if n in allowed] or list(allowed)
+
+
 def clear_loaded() -> None:
     """Forget the loaded runtimes of this process (tests: to see a fresh load)."""
     with _LOADED_LOCK:
@@ -175,7 +195,7 @@ def open_runtime(backbone: torch.nn.Module, name: str | None = None, threads: in
     choice = requested_runtime(name)
     if choice != AUTO:
         return load_runtime(choice, backbone, threads, device, cache_dir)
-    candidates = auto_candidates(device)
+    candidates = _auto_for(backbone, device)
     for candidate in candidates[:-1]:
         try:
             return load_runtime(candidate, backbone, threads, device, cache_dir)

