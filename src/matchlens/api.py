@@ -22,8 +22,11 @@ from matchlens.index import backends, store
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.collection import scan_many
 from matchlens.io.formats import load_dataset
-from matchlens.pipeline import KEEP, BuildReport, Index, SearchPipeline, SearchResult, open_index
+from matchlens.pipeline import KEEP, BuildReport, Index, Query, SearchPipeline, SearchResponse, SearchResult, open_index
 from matchlens.pipeline.index import as_paths
+from matchlens.pipeline.search import Chain
+from matchlens.regional import open_regional, read_weights
+from matchlens.regional.search import RegionalMatch, RegionalPlan, compare_results, rows_of, weigh
 
 if TYPE_CHECKING:
     from matchlens.classic.kinds import KindInfo
@@ -89,7 +92,8 @@ def search(index_dir: str | os.PathLike, query, box=None, k: int = 20, rerank: s
     """One-shot search: open ``index_dir`` and rank it against ``query`` (path, bytes, PIL image or
     array), optionally re-ranked by a chain such as ``"sv:k=100,aqe:k=2"``. ``fuse``: rank by a
     stored descriptor kind (``"asmk"``) or a late fusion of kinds (``"cnn+asmk:ghm"``)."""
-    return open_index(index_dir).searcher(fuse).search(query, box=box, k=k, rerank=rerank)
+    index = open_index(index_dir)
+    return (fused_searcher(index, fuse) if fuse else index.pipeline).search(query, box=box, k=k, rerank=rerank)
 
 
 def evaluate_dataset(
@@ -175,8 +179,7 @@ def encode(index_dir: str | os.PathLike, kind: str | None = None, name: str | No
     stored as ``name`` (default: the kind) with encoding ``params`` such as ``{"k": 16384}`` — or,
     without ``kind``, bring every stored kind up to date with the index (only new images are
     encoded). Returns the state of the kinds written."""
-    from matchlens.classic import encode_kind, kind_names, refresh_kind
-
+    encode_kind, kind_names, refresh_kind = (getattr(_classic(), n) for n in ("encode_kind", "kind_names", "refresh_kind"))
     index = open_index(index_dir)
     if kind is None:
         return [refresh_kind(index, n, progress) for n in kind_names(index)]
@@ -185,20 +188,48 @@ def encode(index_dir: str | os.PathLike, kind: str | None = None, name: str | No
 
 def list_kinds(index_dir: str | os.PathLike) -> list["KindInfo"]:
     """The classic descriptor kinds stored with an index (the CNN descriptor ``cnn`` is implicit)."""
-    from matchlens.classic import list_kinds as kinds
-
-    return kinds(open_index(index_dir))
+    return _classic().list_kinds(open_index(index_dir))
 
 
 def fused_searcher(index: Index, fuse: str, progress: ProgressFactory | None = None,
                    add_missing: bool = False) -> SearchPipeline:
     """The search pipeline ranking ``index`` by ``fuse`` (a kind, or a fusion like ``"cnn+asmk:ghm"``;
     see :mod:`matchlens.fusion.expression`); with ``add_missing``, kinds the index lacks are encoded first."""
-    from matchlens.classic import encode_kind, kind_names
+    encode_kind, kind_names = _classic().encode_kind, _classic().kind_names
     if add_missing:
         for name in set(parse_fusion(fuse).kinds) - {"cnn", *kind_names(index.store)}:
             encode_kind(index.store, name, progress=progress)
     return index.searcher(fuse, progress)
 
 
+def _classic():
+    """The classic kinds' machinery (the regional kind is registered in it: this module imports
+    matchlens.regional)."""
+    import matchlens.classic as classic  # deferred: SciPy and OpenCV load only for kinds
+
+    return classic
+
+
 __all__ += ["encode", "fused_searcher", "list_kinds"]
+
+
+# --- regional descriptors (matchlens.regional, PS-Net) ---
+
+def regional_search(index: Index, query, box=None, k: int = 20, weights: str | os.PathLike | None = None,
+                    category: str | None = None, rerank: Chain = None, name: str = "regional",
+                    fuse: str | None = None) -> tuple[SearchResponse, RegionalPlan, list[RegionalMatch]]:
+    """Rank ``index`` by Σ λ_r cos of its regional kind ``name`` (λ from a ``fit-regions`` file
+    ``weights`` and ``category``; uniform without) through the search pipeline — the kind alone,
+    or the fusion ``fuse`` that holds it — re-ranked by ``rerank``. Returns the answer, the
+    weights used and, per result, its per-region cosines, verdict and region boxes."""
+    kind = open_regional(index, name)  # first: a missing kind is a one-line error before any work
+    table = read_weights(weights, kind.names, kind.layout)
+    searcher = fused_searcher(index, fuse or name)  # the stored kind's ranking (brought up to date)
+    plan = weigh(searcher, open_regional(index, name), table, category)
+    answer = searcher.run(Query(query, box, name=str(query) if isinstance(query, (str, os.PathLike)) else None), k,
+                          rerank)
+    rows = rows_of(index.store, [r.id for r in answer.results])
+    return answer, plan, compare_results(plan, plan.kind.query_code(query, box), rows)
+
+
+__all__ += ["regional_search"]

@@ -9,17 +9,19 @@ encodes the images it has not seen; search data is rebuilt from the codes, which
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from matchlens.classic.codebook import DEFAULT_NPROBE, Codebook, codebook_steps
-from matchlens.classic.features import FeatureParams
+from matchlens.classic.features import FeatureParams, LocalFeatureStore
 from matchlens.components import Component
 from matchlens.errors import ConfigError
-from matchlens.local.features import LocalFeatures
+from matchlens.local.features import CACHE_KIND
 from matchlens.registry import Registry
 
 __all__ = ["Encoding", "ENCODINGS", "Ragged", "SearchData"]
@@ -70,12 +72,21 @@ class Ragged:
 class Encoding(Component, ABC):
     """A descriptor kind built from local features. Subclasses set ``defaults`` (their registry
     name comes from ``@ENCODINGS.register``) and implement training, per-image encoding,
-    search-data building and scoring. ``feature_defaults`` are accepted parameters too."""
+    search-data building and scoring. ``feature_defaults`` are accepted parameters too.
+
+    :mod:`matchlens.classic.kinds` stores any registered class that offers this interface
+    (``trains``, ``feature_source``, ``train``, ``load_model``, ``encode``, ``encode_query``,
+    ``code_template``, ``build``, ``prepare``, ``scores``, ``search_params``), also one from a
+    package that may not import this one (``matchlens.regional``'s, registered by the layers
+    above both)."""
 
     kind: ClassVar[str] = "encoding"
     feature_defaults: ClassVar[dict[str, Any]] = {"max_keypoints": 2000, "max_side": 1024}
     # Parameters that only shape the search data or the query: changing them keeps model and codes.
     search_params: ClassVar[frozenset[str]] = frozenset()
+    # False: nothing to learn from a sample (a kind pooled from the index's CNN, e.g. the
+    # regional kind): the stored model is empty.
+    trains: ClassVar[bool] = True
 
     def __init__(self, **params: Any) -> None:
         self.model: dict[str, np.ndarray] = {}
@@ -110,6 +121,18 @@ class Encoding(Component, ABC):
             given["dense"] = bool(given["dense"])
         return FeatureParams(**given)
 
+    def feature_source(self, index: Any) -> Any:
+        """Where the input of :meth:`encode` comes from: ``many(items, advance)`` yields
+        ``(position, input)`` for ``(sha256, path)`` items, ``query(source, box)`` a query's.
+        Here: RootSIFT, cached in the index's ``cache/local_features`` (not when read-only)."""
+        folder = Path(index.root) / "cache" / CACHE_KIND
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+        except OSError:
+            writable = False
+        return LocalFeatureStore(folder if writable else None, self.feature_params)
+
     def sample_size(self, n_images: int) -> int:
         """How many descriptors to learn the model from."""
         return int(self.params.get("sample", 200_000))
@@ -140,14 +163,15 @@ class Encoding(Component, ABC):
 
     # --- per image -----------------------------------------------------------------------------
     @abstractmethod
-    def encode(self, features: LocalFeatures) -> dict[str, np.ndarray]:
-        """The stored code of one database image."""
+    def encode(self, features: Any) -> dict[str, np.ndarray]:
+        """The stored code of one database image, from the input :meth:`feature_source` gives
+        (LocalFeatures for the RootSIFT kinds, region descriptors for the regional kind)."""
 
     @abstractmethod
     def code_template(self) -> dict[str, np.ndarray]:
         """Empty arrays with the dtype and row shape of a code."""
 
-    def encode_query(self, features: LocalFeatures) -> dict[str, np.ndarray]:
+    def encode_query(self, features: Any) -> dict[str, np.ndarray]:
         """The code of a query (the database code unless the method treats queries differently)."""
         return self.encode(features)
 

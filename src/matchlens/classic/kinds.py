@@ -40,7 +40,7 @@ from matchlens.classic.features import LocalFeatureStore
 from matchlens.errors import ConfigError, IndexError_
 from matchlens.fileio import write_json_atomic
 from matchlens.index import store
-from matchlens.local.features import CACHE_KIND, LocalFeatures
+from matchlens.local.features import LocalFeatures
 
 __all__ = ["KindInfo", "OpenKind", "encode_kind", "kind_names", "list_kinds", "open_kind", "refresh_kind"]
 
@@ -157,22 +157,14 @@ def _train(index, folder: Path, encoding: Encoding, progress: ProgressFactory | 
     default size gets the largest power of two with at least ``_MIN_PER_WORD`` descriptors a word;
     the size used is what kind.json records."""
     start = time.monotonic()
-    sample = _training_sample(index, encoding, progress)
-    k = int(encoding.params["k"])
-    if fit_k and len(sample) < _MIN_PER_WORD * k:
-        fitted = max(2, 2 ** int(math.log2(max(len(sample) // _MIN_PER_WORD, 2))))
-        log.warning("%s: %d descriptors are too few for %d words; using k=%d",
-                    encoding.type_name, len(sample), k, fitted)
-        encoding.params["k"] = fitted
-    advance = progress(encoding.train_steps(), f"{encoding.type_name} codebook (k-means)") if progress else None
-    arrays: dict[str, Any] = encoding.train(sample, advance)
+    arrays, sampled = _learn(index, encoding, progress, fit_k) if encoding.trains else ({}, 0)
     name = f"model-{uuid.uuid4().hex[:12]}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
         with open(tmp / "model.npz", "wb") as handle:
             np.savez(handle, **arrays)
         _write_json(tmp / "kind.json", {
-            "type": encoding.type_name, "params": _jsonable(encoding.params), "sample": int(len(sample)),
+            "type": encoding.type_name, "params": _jsonable(encoding.params), "sample": sampled,
             "train_seconds": round(time.monotonic() - start, 2), "trained_on": index.generation,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
@@ -181,6 +173,19 @@ def _train(index, folder: Path, encoding: Encoding, progress: ProgressFactory | 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return name
+
+
+def _learn(index, encoding: Encoding, progress: ProgressFactory | None, fit_k: bool) -> tuple[dict[str, Any], int]:
+    """The model arrays learned from a sample of the collection, and the sample's size."""
+    sample = _training_sample(index, encoding, progress)
+    k = int(encoding.params["k"])
+    if fit_k and len(sample) < _MIN_PER_WORD * k:
+        fitted = max(2, 2 ** int(math.log2(max(len(sample) // _MIN_PER_WORD, 2))))
+        log.warning("%s: %d descriptors are too few for %d words; using k=%d",
+                    encoding.type_name, len(sample), k, fitted)
+        encoding.params["k"] = fitted
+    advance = progress(encoding.train_steps(), f"{encoding.type_name} codebook (k-means)") if progress else None
+    return encoding.train(sample, advance), int(len(sample))
 
 
 def _respecify(folder: Path, model_name: str, stored: dict[str, Any], params: dict[str, Any]) -> str:
@@ -388,13 +393,8 @@ def _item(index, row: int) -> tuple[str, str]:
 
 
 def _store(index, encoding: Encoding) -> LocalFeatureStore:
-    folder = Path(index.root) / "cache" / CACHE_KIND
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        writable = os.access(folder, os.W_OK)
-    except OSError:
-        writable = False
-    return LocalFeatureStore(folder if writable else None, encoding.feature_params)
+    """The encoding's per-image input (RootSIFT for the classic encodings)."""
+    return encoding.feature_source(index)
 
 
 def _load_encoding(model_dir: Path) -> Encoding:

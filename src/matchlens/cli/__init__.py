@@ -23,6 +23,8 @@ from matchlens.cli import serving  # noqa: F401
 from matchlens.cli import evidence  # noqa: F401
 from matchlens.cli import kinds  # noqa: F401
 from matchlens.cli import localization  # noqa: F401
+from matchlens.cli import regional  # noqa: F401
+from matchlens.cli import copies  # noqa: F401
 from matchlens.cli.common import app, err, out, progress_factory
 
 __all__ = ["app", "err", "main", "out", "progress_factory"]
@@ -53,9 +55,9 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
     "rerankers": ("matchlens.rerank", "RERANKERS"), "poolings": ("matchlens.pooling.specs", "POOLINGS"),
     "whitenings": ("matchlens.whitening", "WHITENINGS"), "runtimes": ("matchlens.extract.runtime", "RUNTIMES"),
     "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
-    "encodings": ("matchlens.classic", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
+    "encodings": ("matchlens.regional.kind", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
     "normalisers": ("matchlens.fusion", "NORMALISERS"), "metrics": ("matchlens.evidence.tensor", "METRICS"),
-    "registration": ("matchlens.localize.presets", "PRESETS"),
+    "registration": ("matchlens.localize.presets", "PRESETS"), "contrasts": ("matchlens.local.features", "CONTRASTS"),
 }
 
 

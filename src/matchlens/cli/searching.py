@@ -33,6 +33,9 @@ def search(
     explain_model: Optional[Path] = typer.Option(None, "--explain-model", help="Verifier checkpoint for --explain (default: the indicative step's model; none: spatial-verification evidence)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (batch search)."),
     runtime: Optional[str] = RuntimeOpt,
+    regional: bool = typer.Option(False, "--regional", help="Rank by the regional kind (Σ λ_r cos over regions; --kind names it if not 'regional', --fuse may hold it) and show each result's region similarities and verdict (--explain: the regions drawn)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="With --regional: region weights λ (lambdas.json from 'matchlens fit-regions'; default uniform)."),
+    category: Optional[str] = typer.Option(None, "--category", help="With --regional --weights: the category whose λ to use."),
 ) -> None:
     """Rank the indexed images against a query image, or against every image of --queries."""
     from matchlens.api import fused_searcher, open_index
@@ -48,9 +51,20 @@ def search(
         raise ConfigError("--box, --explain and --json are for one query; with --queries use --boxes (output is JSON lines)")
     if boxes is not None and queries is None:
         raise ConfigError("--boxes goes with --queries; for one query use --box")
+    if (weights is not None or category is not None) and not regional:
+        raise ConfigError("--weights and --category go with --regional")
+    if regional and queries is not None:
+        raise ConfigError("--regional is for one query, not --queries")
     idx = open_index(index_dir)
     idx.check_spec(spec_from_preset(preset) if preset else None)
     chain = as_chain(rerank)  # a bad chain fails before any model is loaded
+    if regional:  # the regional kind's ranking through the same pipeline, plus region similarities
+        from matchlens.cli.regional import regional_search
+
+        with _runtime(runtime):
+            regional_search(idx, str(query), parse_box(box) if box else None, k, chain, rerank, kind, fuse, weights,
+                            category, as_json, jsonl, explain_dir)
+        return
     fusion = _fusion_option(kind, fuse)
     searcher = fused_searcher(idx, fusion) if fusion else idx.pipeline
     with _runtime(runtime):

@@ -81,6 +81,7 @@ class FusedRanking:
     def __init__(self, index: VectorIndex, fusion: FusionSpec, vector_of: VectorOf, refresh: bool = True,
                  progress: Any = None) -> None:
         from matchlens.classic import open_kind  # deferred: SciPy and OpenCV load only for --kind/--fuse
+        import matchlens.regional  # noqa: F401  (registers the regional kind with the classic kinds)
 
         self.index, self.fusion = index, fusion
         self.rankers: list[KindRanker] = [

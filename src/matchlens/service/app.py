@@ -41,7 +41,9 @@ from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
 from matchlens.service.hosts import HostAllowList, default_allowed_hosts, normalise
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
 from matchlens.service.localize import MapInfo, MapService, install_localize_routes
-from matchlens.service.query import evidence_query, timed_search
+from matchlens.service.query import evidence_query, regional_search, timed_search
+from matchlens.regional import regional_kind_names
+from matchlens.regional.search import RegionalPlan
 from matchlens.service.uploads import (DEFAULT_MAX_PIXELS, DEFAULT_REQUEST_TIMEOUT, BodyDeadline, BodyLimit,
                                        DEFAULT_MAX_UPLOAD_BYTES, probe_image, read_limited, safe_name)
 from matchlens.rerank import RERANKERS
@@ -82,6 +84,20 @@ class Result(BaseModel):
     path: str
     image_url: str
     thumbnail_url: str
+    regions: dict[str, float] | None = Field(default=None, description="With regional=true: cosine of each region with the query's.")
+    verdict: str | None = Field(default=None, description="With regional=true: e.g. 'left sleeve differs, the rest matches'.")
+    region_boxes: list[list[float]] | None = Field(
+        default=None, description="With regional=true: the result's region boxes, relative (x0, y0, x1, y1) in [0, 1].")
+
+
+class RegionalInfo(BaseModel):
+    kind: str
+    layout: str
+    regions: list[str]
+    labels: list[str]
+    weights: list[float] = Field(description="λ of each region (sum 1).")
+    differs_below: float = Field(description="A region whose cosine is below this differs.")
+    query_boxes: list[list[float]] = Field(description="The query's region boxes, relative to the query box (or image).")
 
 
 class SearchResponse(BaseModel):
@@ -93,6 +109,7 @@ class SearchResponse(BaseModel):
     rerank: str | None
     generation: str
     index_size: int
+    regional: RegionalInfo | None = Field(default=None, description="The regional ranking, with regional=true.")
 
 
 class EvidenceInfo(BaseModel):
@@ -116,6 +133,7 @@ class IndexInfo(BaseModel):
     limits: dict[str, int]
     map: MapInfo | None = Field(default=None, description="The map POST /localize uses (None: started without --map).")
     version: str
+    regional_kinds: list[str] = Field(default=[], description="Regional kinds stored with the index (POST /search regional=true).")
 
 
 class Health(BaseModel):
@@ -260,7 +278,8 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
             dba=index.manifest.get("dba"), rerankers=RERANKERS.names(), evidence=_evidence_info(explainer),
             writable=settings.token is not None,
             limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, "max_k": MAX_K},
-            version=__version__, map=scene_map.info() if scene_map is not None else None)
+            version=__version__, map=scene_map.info() if scene_map is not None else None,
+            regional_kinds=regional_kind_names(index))
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
     def search(
@@ -268,18 +287,29 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
         box: Annotated[str | None, Form(description="x0,y0,x1,y1 in pixels of the upright query image.")] = None,
         k: Annotated[int, Form(ge=1, le=MAX_K, description="Number of results.")] = 20,
         rerank: Annotated[str | None, Form(description="Re-ranking chain, e.g. sv:k=50,aqe:k=2.")] = None,
+        regional: Annotated[bool, Form(description="Rank by the regional kind (Σ_r cos / R over its regions) and "
+                                                   "give each result's region similarities.")] = False,
     ) -> SearchResponse:
         """Rank the indexed images against an uploaded query, optionally inside a box."""
         snap = live.snapshot()
         parsed = parse_box(box) if box and box.strip() else None
         data, probe = _query_upload(image, settings)
+        chain = rerank.strip() if rerank else None
         with gate:
-            found = timed_search(snap.index, data, probe, parsed, k, rerank.strip() if rerank else None)
+            if regional:
+                found, plan, matches = regional_search(snap.index, data, probe, parsed, k, chain)
+            else:
+                found, plan, matches = timed_search(snap.index, data, probe, parsed, k, chain), None, []
         assert found.query_size is not None  # the uploaded query is decoded by the search
+        results = [_result(h.id, h.rank, h.score, h.path) for h in found.results]
+        for result, match in zip(results, matches):
+            result.regions, result.verdict = match.similarities, match.verdict
+            result.region_boxes = [list(b) for b in match.boxes]
         return SearchResponse(
-            results=[_result(h.id, h.rank, h.score, h.path) for h in found.results], timings_ms=found.timings_ms,
+            results=results, timings_ms=found.timings_ms,
             box=list(parsed) if parsed else None, query_size=list(found.query_size), k=k, rerank=found.rerank,
-            generation=snap.index.generation, index_size=snap.index.size)
+            generation=snap.index.generation, index_size=snap.index.size,
+            regional=_regional_info(plan) if plan is not None else None)
 
     @app.post("/explain", tags=["search"], response_class=Response,
               responses={200: {"content": {"image/png": {}}, "description": "Side-by-side evidence overlay."}})
@@ -321,6 +351,13 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
         entry = live.snapshot().entry(image_id)
         return Response(media.thumbnail(entry, settings.max_pixels), media_type="image/jpeg",
                         headers={"ETag": f'"{entry.sha256}"', "Cache-Control": "private, max-age=60"})
+
+
+def _regional_info(plan: RegionalPlan) -> RegionalInfo:
+    kind = plan.kind
+    return RegionalInfo(kind=kind.name, layout=kind.layout, regions=kind.names, labels=kind.labels,
+                        weights=plan.weights.tolist(), differs_below=plan.differs_below,
+                        query_boxes=[list(b) for b in kind.encoding.layout.boxes()])
 
 
 def _evidence_info(explainer: Explainer) -> EvidenceInfo:

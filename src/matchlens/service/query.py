@@ -13,9 +13,11 @@ from PIL import Image
 from matchlens.io.images import load_image
 from matchlens.pipeline import Index, Query, SearchResponse
 from matchlens.pipeline.search import as_chain
+from matchlens.regional import open_regional, read_weights
+from matchlens.regional.search import RegionalMatch, RegionalPlan, compare_results, rows_of, weigh
 from matchlens.service.uploads import Probe, decode_query, scale_box
 
-__all__ = ["evidence_query", "timed_search"]
+__all__ = ["evidence_query", "regional_search", "timed_search"]
 
 
 def timed_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] | None, k: int,
@@ -36,6 +38,28 @@ def timed_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] |
     answer.query_size = full.size
     answer.box = tuple(box) if box is not None else None
     return answer
+
+
+def regional_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] | None, k: int,
+                    rerank: str | None, name: str = "regional") -> tuple[SearchResponse, RegionalPlan, list[RegionalMatch]]:
+    """Like :func:`timed_search`, ranked by the index's regional kind (uniform λ: Σ_r cos / R)
+    through the same pipeline, with each result's per-region cosines, verdict and region boxes.
+    One-line IndexError_ when the index has no regional kind."""
+    chain = as_chain(rerank)
+    open_regional(index, name)  # a missing kind fails before any work
+    start = time.perf_counter()
+    full, image, _ = decode_query(index.extractor, data, probe, box)
+    decoded = 1000 * (time.perf_counter() - start)
+    searcher = index.searcher(name)  # brings the stored kind up to date with this generation
+    kind = open_regional(index, name)
+    plan = weigh(searcher, kind, read_weights(None, kind.names, kind.layout))
+    answer = searcher.run(Query(image, sha256=hashlib.sha256(data).hexdigest()), k, chain)
+    matches = compare_results(plan, kind.query_code(image), rows_of(index.store, [r.id for r in answer.results]))
+    answer.timings_ms["decode"] = round(decoded + answer.timings_ms.get("decode", 0.0), 3)
+    answer.timings_ms["total"] = round(1000 * (time.perf_counter() - start), 3)
+    answer.query_size = full.size
+    answer.box = tuple(box) if box is not None else None
+    return answer, plan, matches
 
 
 def evidence_query(data: bytes, probe: Probe, box: Sequence[float] | None, max_side: int, max_pixels: int

@@ -11,6 +11,7 @@ const state = {
   box: null,       // [x0, y0, x1, y1] in image pixels, or null for the whole image
   drag: null,      // box corner where the pointer went down, while drawing
   selected: null,  // the result card shown in the evidence panel
+  regions: null,   // the last regional search's query regions: {boxes, labels, frame}, drawn on the query
 };
 
 // ---- the query image --------------------------------------------------------------------
@@ -26,6 +27,7 @@ async function useFile(file) {
   state.file = file;
   state.bitmap = bitmap;
   state.box = null;
+  state.regions = null;
   $("box").value = "";
   $("search").disabled = false;
   $("localize").disabled = false;
@@ -44,6 +46,7 @@ function draw() {
   const canvas = $("canvas");
   const ctx = canvas.getContext("2d");
   ctx.drawImage(state.bitmap, 0, 0, canvas.width, canvas.height);
+  drawQueryRegions(ctx);
   if (!state.box) return;
   const [x0, y0, x1, y1] = state.box.map((v) => v * state.scale);
   ctx.save();
@@ -72,6 +75,7 @@ function setBox(a, b) {
   const box = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map(Math.round);
   const big = box[2] - box[0] >= 4 && box[3] - box[1] >= 4; // a click is not a box
   state.box = big ? box : null;
+  state.regions = null; // they were relative to the old box
   $("box").value = big ? box.join(",") : "";
   draw();
 }
@@ -139,6 +143,7 @@ async function search() {
   form.append("k", $("k").value || "12");
   const rerank = $("auto-rerank").checked ? "auto" : $("rerank").value.trim();
   if (rerank) form.append("rerank", rerank);
+  if ($("regional").checked) form.append("regional", "true");
   $("search").disabled = true;
   showStatus("searching…");
   try {
@@ -167,6 +172,7 @@ function showResults(body, rerank) {
     img.src = r.thumbnail_url;
     img.alt = r.name;
     img.loading = "lazy";
+    if (r.regions) img.addEventListener("load", () => img.replaceWith(regionCanvas(img, r, body.regional)));
     const meta = document.createElement("div");
     meta.className = "meta";
     const name = document.createElement("div");
@@ -177,6 +183,7 @@ function showResults(body, rerank) {
     score.className = "score muted";
     score.textContent = `score ${r.score.toFixed(4)}`;
     meta.append(name, score);
+    if (r.regions) meta.append(...regionLines(r, body.regional));
     card.append(img, meta);
     card.addEventListener("click", () => explain(card, r));
     card.addEventListener("keydown", (e) => { if (e.key === "Enter") explain(card, r); });
@@ -184,9 +191,72 @@ function showResults(body, rerank) {
   }
   const t = body.timings_ms;
   showStatus(`${body.results.length} results from ${body.index_size} images` +
-             (body.box ? ` (box ${body.box.map(Math.round).join(",")})` : "") + (rerank ? `, re-ranked by ${rerank}` : ""));
-  $("timings").textContent = `decode ${t.decode.toFixed(1)} ms · extract ${t.extract.toFixed(1)} ms · ` +
-    `search ${t.search.toFixed(1)} ms · rerank ${t.rerank.toFixed(1)} ms · total ${t.total.toFixed(1)} ms`;
+             (body.box ? ` (box ${body.box.map(Math.round).join(",")})` : "") + (rerank ? `, re-ranked by ${rerank}` : "") +
+             (body.regional ? `, by regions (${body.regional.layout})` : ""));
+  const ms = (key) => (t[key] ?? 0).toFixed(1); // a regional search describes the query inside its search step
+  $("timings").textContent = `decode ${ms("decode")} ms · extract ${ms("extract")} ms · ` +
+    `search ${ms("search")} ms · rerank ${ms("rerank")} ms · total ${ms("total")} ms`;
+  state.regions = body.regional ? { boxes: body.regional.query_boxes, labels: body.regional.labels, frame: body.box } : null;
+  if (state.bitmap) draw();
+}
+
+// ---- regional search: region boxes coloured by similarity ------------------------------------
+function regionColour(similarity, threshold) {
+  // As the CLI's PNGs: red where the region differs, yellow (just above the threshold) to green (identical).
+  if (similarity < threshold) return "rgb(230, 30, 30)";
+  const t = Math.min(1, Math.max(0, (similarity - threshold) / Math.max(1 - threshold, 1e-6)));
+  return `rgb(${Math.round(220 * (1 - t))}, 190, 30)`;
+}
+
+function regionCanvas(img, result, regional) {
+  // The thumbnail with the result's regions outlined (relative boxes), coloured by similarity.
+  const canvas = document.createElement("canvas");
+  canvas.className = "regions";
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  ctx.lineWidth = Math.max(2, canvas.width / 80);
+  regional.regions.forEach((name, i) => {
+    const [x0, y0, x1, y1] = result.region_boxes[i];
+    ctx.strokeStyle = regionColour(result.regions[name], regional.differs_below);
+    ctx.strokeRect(x0 * canvas.width, y0 * canvas.height, (x1 - x0) * canvas.width, (y1 - y0) * canvas.height);
+  });
+  canvas.title = result.verdict;
+  return canvas;
+}
+
+function regionLines(result, regional) {
+  const verdict = document.createElement("div");
+  verdict.className = "verdict";
+  verdict.textContent = result.verdict;
+  const values = document.createElement("div");
+  values.className = "verdict muted";
+  regional.regions.forEach((name, i) => {
+    const item = document.createElement("span");
+    const value = result.regions[name];
+    item.textContent = `${regional.labels[i]} ${value.toFixed(2)}` + (i < regional.regions.length - 1 ? " · " : "");
+    if (value < regional.differs_below) item.className = "differs";
+    values.append(item);
+  });
+  return [verdict, values];
+}
+
+function drawQueryRegions(ctx) {
+  // The query's regions, relative to the box it was searched with (or the whole image).
+  if (!state.regions) return;
+  const scale = state.scale;
+  const [fx0, fy0, fx1, fy1] = state.regions.frame || [0, 0, state.bitmap.width, state.bitmap.height];
+  ctx.save();
+  ctx.strokeStyle = "#0b6bcb";
+  ctx.lineWidth = 1.5;
+  ctx.setLineDash([5, 3]);
+  for (const [x0, y0, x1, y1] of state.regions.boxes) {
+    const left = (fx0 + x0 * (fx1 - fx0)) * scale;
+    const top = (fy0 + y0 * (fy1 - fy0)) * scale;
+    ctx.strokeRect(left, top, (x1 - x0) * (fx1 - fx0) * scale, (y1 - y0) * (fy1 - fy0) * scale);
+  }
+  ctx.restore();
 }
 
 async function explain(card, result) {
@@ -293,6 +363,7 @@ async function showIndexInfo() {
     const info = await response.json();
     $("index-info").textContent = `${info.images} images · ${info.pipeline}` +
       (info.map ? ` · map ${info.map.name} (${info.map.images} images)` : "");
+    $("regional-label").hidden = !(info.regional_kinds && info.regional_kinds.length);
     if (info.map) {
       $("map-name").textContent = info.map.name;
       $("localize-form").hidden = false;
