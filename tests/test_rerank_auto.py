@@ -1,7 +1,11 @@
 """``--rerank auto``: verified average query expansion, adaptive per query, falling back to the
-global ranking when nothing verifies."""
+global ranking when nothing verifies; DBA and diffusion only where the kNN graph supports them;
+the shortlist fused with the stored classic kinds."""
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +13,11 @@ from PIL import Image
 
 import matchlens
 from matchlens.errors import ConfigError
-from matchlens.rerank import RERANKERS, Shortlist, parse_chain
-from matchlens.rerank.auto import AutoRerank
+from matchlens.pipeline.context import IndexContext
+from matchlens.pipeline.search import SearchPipeline
+from matchlens.rerank import RERANKERS, QueryInput, Shortlist, parse_chain
+from matchlens.rerank.auto import AutoRerank, recommended_fusion
+from matchlens.rerank.graph import MIN_NEIGHBOURHOOD, GraphProfile, graph_profile, measure_profile
 from tests.test_rerank_spatial import textured_scene
 
 VIEWS = 3  # views of the object in the collection
@@ -89,3 +96,149 @@ def test_a_second_round_verifies_more_and_never_loses_verified_views(collection)
     one = [r.path for r in index.search(queries / "object_query.png", k=VIEWS, rerank="auto:k=2")]
     two = [r.path for r in index.search(queries / "object_query.png", k=VIEWS, rerank="auto:k=2,rounds=2,k_next=5")]
     assert sum("object_" in p for p in two) == VIEWS >= sum("object_" in p for p in one)
+
+
+# --- the kNN-graph gate ------------------------------------------------------------------------
+
+def _clustered(objects: int, views: int, singletons: int = 40, seed: int = 0) -> np.ndarray:
+    """Unit vectors: ``objects`` clusters of ``views`` points (the views of an object), plus
+    unrelated singletons."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((objects + singletons, 64))
+    points = np.concatenate([np.repeat(centres[:objects], views, axis=0), centres[objects:]])
+    points = points + 0.25 * rng.standard_normal(points.shape)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+class VectorContext:
+    """A rerank context over bare vectors: exact search, counted; an optional cache folder."""
+
+    def __init__(self, vectors: np.ndarray, cache: Path | None = None, generation: str = "gen-1") -> None:
+        self.vectors, self.cache, self.generation, self.searches = vectors, cache, generation, 0
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.searches += 1
+        sims = queries @ self.vectors.T
+        rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, rows, axis=1), rows
+
+    def cache_dir(self, kind: str) -> Path | None:
+        return None if self.cache is None else self.cache / kind
+
+
+def test_the_gate_is_on_for_many_views_per_object_and_off_for_few():
+    many = measure_profile(*_with_search(_clustered(objects=24, views=16)))
+    few = measure_profile(*_with_search(_clustered(objects=100, views=3)))
+    groupless = measure_profile(*_with_search(_clustered(objects=0, views=1, singletons=400)))
+    assert many.supports() and many.neighbourhood == 16, many.describe()  # 15 other views: k = 16 on the grid
+    assert not few.supports() and few.neighbourhood == 2, few.describe()  # the 2 other views of each object
+    assert not groupless.supports() and groupless.neighbourhood == 0, groupless.describe()  # rises, never falls
+    assert GraphProfile.from_dict(many.to_dict()) == many
+
+
+def _with_search(vectors: np.ndarray) -> tuple[np.ndarray, object]:
+    return vectors, VectorContext(vectors).search
+
+
+def test_the_profile_is_measured_once_per_generation_and_cached(tmp_path):
+    ctx = VectorContext(_clustered(objects=10, views=8), cache=tmp_path)
+    first = graph_profile(ctx)
+    searches = ctx.searches
+    assert searches > 0 and list((tmp_path / "graph").glob("gen-1-*.json"))
+    assert graph_profile(ctx) == first and ctx.searches == searches  # read from the cache file
+    ctx.generation = "gen-2"  # a new generation (images added or removed) is measured again
+    graph_profile(ctx)
+    assert ctx.searches > searches
+    step = AutoRerank()
+    assert step._profile(ctx) == step._profile(ctx) and len(step._profiles) == 1  # memoised per process
+
+
+def test_the_gate_is_off_on_a_few_view_collection_and_graph_forces_it(collection):
+    index, queries = collection
+    auto = AutoRerank(k=20)
+    index.search(queries / "object_query.png", k=5, rerank=[auto])
+    assert auto.last_decision["graph"] is False and auto.last_decision["profile"]["neighbourhood"] < MIN_NEIGHBOURHOOD
+    assert "does not support" in auto.last_decision["graph_why"]
+    off = AutoRerank(k=20, graph="off")
+    plain_auto = index.search(queries / "object_query.png", k=5, rerank=[off])
+    assert off.last_decision["graph"] is False and off.last_decision["profile"] is None  # not even measured
+    assert [r.path for r in plain_auto] == [r.path for r in index.search(queries / "object_query.png", k=5, rerank=[auto])]
+    on = AutoRerank(k=20, graph="on")
+    forced = index.search(queries / "object_query.png", k=5, rerank=[on])
+    assert on.last_decision["graph"] is True and on.last_decision["graph_why"] == "graph=on"
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in forced[:VIEWS]) == [f"object_{i}.png" for i in range(VIEWS)]
+    assert [r.score for r in forced] == sorted((r.score for r in forced), reverse=True)
+    with pytest.raises(ConfigError):
+        parse_chain("auto:graph=maybe")
+
+
+# --- fusion with stored kinds --------------------------------------------------------------------
+
+def test_the_recommended_fusion_follows_the_stored_kinds():
+    assert recommended_fusion({"asmk": "asmk", "bow": "bow"}) == "cnn+bow+asmk:mean_power"
+    assert recommended_fusion({"asmk16k": "asmk", "vlad": "vlad"}) == "cnn+asmk16k:mean_power"
+    assert recommended_fusion({"bow": "bow"}) == "cnn+bow:ghm"
+    assert recommended_fusion({"vlad": "vlad"}) is None and recommended_fusion({}) is None
+
+
+class FusingIndexContext(IndexContext):
+    """The pipeline's own context, recording the fusions it was asked for."""
+
+    def __init__(self, index) -> None:
+        super().__init__(index)
+        self.fused: list[str] = []
+
+    def fused_shortlist(self, query: QueryInput, fusion: str, depth: int) -> Shortlist:
+        self.fused.append(fusion)
+        return super().fused_shortlist(query, fusion, depth)
+
+
+class BareContext:
+    """A re-ranking context that offers no stored kinds (a third-party one, say)."""
+
+    def __init__(self, index) -> None:
+        self._inner = IndexContext(index)
+
+    def __getattr__(self, name: str):
+        if name in ("stored_kinds", "fused_shortlist"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.fixture(scope="module")
+def with_bow(collection, tmp_path_factory):
+    """A copy of the collection's index with a tiny BoW kind encoded."""
+    index, queries = collection
+    root = tmp_path_factory.mktemp("auto-bow") / "i"
+    shutil.copytree(index.root, root)
+    matchlens.api.encode(root, "bow", params={"k": 32, "niter": 3})
+    return matchlens.open_index(root), queries
+
+
+def _searcher(index, context_type=FusingIndexContext) -> SearchPipeline:
+    pipeline = SearchPipeline(index.store, index.pipeline.encoder)
+    pipeline.context = context_type(index.store)
+    return pipeline
+
+
+def test_auto_fuses_its_shortlist_when_kinds_are_stored_and_not_otherwise(collection, with_bow):
+    fused_index, queries = with_bow
+    query = queries / "object_query.png"
+    step = AutoRerank(k=20)
+    searcher = _searcher(fused_index)
+    results = searcher.search(query, k=5, rerank=[step])
+    assert set(searcher.context.fused) == {"cnn+bow:ghm"} and step.last_decision["fuse"] == "cnn+bow:ghm"
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in results[:VIEWS]) == [f"object_{i}.png" for i in range(VIEWS)]
+    plain = _searcher(collection[0])  # no stored kind: nothing to fuse
+    plain.search(query, k=5, rerank=[step])
+    assert plain.context.fused == [] and step.last_decision["fuse"] is None
+    assert step.last_decision["fuse_why"] == "no stored kinds"
+    none = _searcher(fused_index)
+    none.search(query, k=5, rerank="auto:k=20,fuse=none")
+    assert none.context.fused == []
+    given = _searcher(fused_index)
+    given.search(query, k=5, rerank="auto:fuse=cnn+bow:mean_power,k=20")  # fuse first: its ":" would start a step
+    assert set(given.context.fused) == {"cnn+bow:mean_power"}
+    bare = _searcher(fused_index, BareContext)  # a context that cannot fuse
+    bare.search(query, k=5, rerank=[step])
+    assert step.last_decision["fuse"] is None and "offers no stored kinds" in step.last_decision["fuse_why"]

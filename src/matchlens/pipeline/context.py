@@ -6,16 +6,39 @@ from pathlib import Path
 
 import numpy as np
 
+from matchlens.fusion.expression import parse_fusion
 from matchlens.index.vectors import VectorIndex
+from matchlens.pipeline.sources import FusedRanking, stored_kinds
+from matchlens.rerank import QueryInput, Shortlist
 
 __all__ = ["IndexContext"]
 
 
 class IndexContext:
-    """The re-ranking view of one generation: vectors, exact search, image paths, caches."""
+    """The re-ranking view of one generation: vectors, exact search, image paths, caches, and the
+    fused rankings of its stored kinds (``auto``'s ``fuse=auto``: :class:`matchlens.rerank.auto.FusingContext`)."""
 
     def __init__(self, index: VectorIndex) -> None:
         self.index = index
+        self._fused: dict[str, FusedRanking] = {}  # one per fusion expression: its kinds are opened once
+        self._vector: np.ndarray | None = None
+
+    def stored_kinds(self) -> dict[str, str]:
+        """Name → type of the classic kinds stored with the index."""
+        return stored_kinds(self.index)
+
+    def _current_vector(self, source: object, box: object) -> np.ndarray:
+        """The cnn part of a fused ranking: the vector of the query being re-ranked."""
+        assert self._vector is not None  # set by fused_shortlist before ranking
+        return self._vector
+
+    def fused_shortlist(self, query: QueryInput, fusion: str, depth: int) -> Shortlist:
+        """The query ranked by ``fusion``; its cnn part is ``query.vector`` (e.g. an expanded
+        query), the kinds describe ``query.image``."""
+        if fusion not in self._fused:
+            self._fused[fusion] = FusedRanking(self.index, parse_fusion(fusion), self._current_vector)
+        self._vector = query.vector
+        return self._fused[fusion].rank(query.image, None, depth)
 
     @property
     def vectors(self) -> np.ndarray:

@@ -15,7 +15,7 @@ from matchlens.fusion.normalise import normalise
 from matchlens.index.vectors import VectorIndex
 from matchlens.rerank import Shortlist
 
-__all__ = ["FusedRanking", "KindRanker"]
+__all__ = ["FusedRanking", "KindRanker", "stored_kinds"]
 
 VectorOf = Callable[[Any, Sequence[float] | None], np.ndarray]
 
@@ -123,3 +123,10 @@ class FusedRanking:
         floor = (scores.min() if len(scores) else 0.0) - 1.0
         tail_scores = floor + 0.5 / (1.0 + np.arange(len(tail)))
         return Shortlist(np.concatenate([rows, tail]), np.concatenate([scores, tail_scores]))
+
+
+def stored_kinds(index: VectorIndex) -> dict[str, str]:
+    """Name → type of every classic kind stored with ``index``."""
+    from matchlens.classic import list_kinds  # deferred: SciPy and OpenCV load only for --kind/--fuse
+
+    return {info.name: info.type for info in list_kinds(index)}
