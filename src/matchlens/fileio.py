@@ -90,3 +90,18 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None 
     """Write ``payload`` as JSON (``json.dumps(payload, indent=indent, sort_keys=sort_keys)``) to
     ``path`` atomically."""
     write_text_atomic(path, json.dumps(payload, indent=indent, sort_keys=sort_keys))
+
+
+def read_json_object(path: str | os.PathLike, label: str, error: type[Exception], hint: str) -> dict:
+    """The JSON object in ``path``; ``error`` with one line (``label`` names the file, ``hint``
+    says what the object must hold) when it cannot be read, is not JSON or is not an object."""
+    where = os.fspath(path)
+    try:
+        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"cannot read {label} '{where}': {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{label} '{where}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{label} '{where}' must hold a JSON object {hint}")
+    return data

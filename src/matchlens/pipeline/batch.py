@@ -7,11 +7,11 @@ there are searched whole.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from matchlens.fileio import read_json_object
 from matchlens.errors import BoxError, SourceError
 from matchlens.io.collection import listed_path, scan_source
 from matchlens.io.images import parse_box
@@ -35,14 +35,7 @@ def read_queries(source: str | os.PathLike, boxes: str | os.PathLike | None = No
 
 def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
     """The boxes of a ``boxes.json`` file (one-line errors for a missing or malformed file)."""
-    try:
-        raw = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SourceError(f"cannot read boxes file '{path}': {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SourceError(f"boxes file '{path}' is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SourceError(f"boxes file '{path}' must hold an object mapping query files to [x0, y0, x1, y1]")
+    raw = read_json_object(path, "boxes file", SourceError, "mapping query files to [x0, y0, x1, y1]")
     return {str(name): _parse(value, name) for name, value in raw.items()}
 
 

@@ -20,13 +20,12 @@ the only list of layout names:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+from matchlens.fileio import read_json_object
 from matchlens.components import Component
 from matchlens.errors import ConfigError
 from matchlens.registry import Registry
@@ -249,14 +248,7 @@ def read_keypoints(path: str | os.PathLike) -> Keypoints:
     (by box, or by the six required landmarks).
     """
     where = os.fspath(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read keypoints file '{where}': {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"keypoints file '{where}' is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"keypoints file '{where}' must hold a JSON object mapping image paths to landmarks")
+    data = read_json_object(path, "keypoints file", ConfigError, "mapping image paths to landmarks")
     base = os.path.dirname(os.path.abspath(where))
     entries: dict[str, Landmarks] = {}
     for key, value in data.items():

@@ -21,14 +21,13 @@ cosines of unchanged regions and those of replaced ones.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from matchlens.fileio import read_json_object
 from matchlens.errors import ConfigError
 from matchlens.regional.layouts import region_label
 
@@ -90,14 +89,7 @@ def read_weights(path: str | os.PathLike | None, regions: Sequence[str], layout:
     if path is None:
         return RegionWeights(names, uniform(len(names)))
     where = os.fspath(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read weights file '{where}': {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"weights file '{where}' is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"weights file '{where}' must hold a JSON object with 'default' and/or 'categories'")
+    data = read_json_object(path, "weights file", ConfigError, "with 'default' and/or 'categories'")
     if layout is not None and data.get("layout", layout) != layout:
         raise ConfigError(f"weights file '{where}' is for layout {data['layout']!r}, the regional kind uses {layout!r}")
     categories = data.get("categories", {})
