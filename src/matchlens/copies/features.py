@@ -15,7 +15,7 @@ import numpy as np
 
 from matchlens.errors import MatchlensError
 from matchlens.io.images import load_image
-from matchlens.local import FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import FeatureCache, LocalFeatures, cached_features, extract_rootsift, feature_key
 
 __all__ = ["FeaturePool", "pixel_digest"]
 
@@ -48,19 +48,16 @@ class FeaturePool:
         return features
 
     def _load(self, row: int) -> LocalFeatures | None:
-        sha = self.sha_of(row)
-        cached = self.cache.get(sha, self.key) if self.cache is not None else None
-        if cached is not None:
-            return cached
         try:
-            features = extract_rootsift(load_image(self.path_of(row), max_side=self.max_side), self.max_keypoints,
-                                        self.max_side)
+            return cached_features(self.cache, self.sha_of(row), self.key, lambda: self._extract(row))
         except _UNUSABLE as error:
             log.warning("duplicates: cannot verify row %d: %s", row, error)
             return None
+
+    def _extract(self, row: int) -> LocalFeatures:
+        features = extract_rootsift(load_image(self.path_of(row), max_side=self.max_side), self.max_keypoints,
+                                    self.max_side)
         self.extracted += 1
-        if self.cache is not None:
-            self.cache.put(sha, self.key, features)
         return features
 
 

@@ -32,7 +32,8 @@ from matchlens.fileio import atomic_write
 from matchlens.linalg import l2_normalize
 from matchlens.registry import Registry
 
-__all__ = ["CACHE_KIND", "CONTRASTS", "DESCRIPTOR_DIM", "FeatureCache", "LocalFeatures", "extract_rootsift", "feature_key",
+__all__ = ["CACHE_KIND", "CONTRASTS", "DESCRIPTOR_DIM", "FeatureCache", "LocalFeatures", "cached_features",
+           "extract_rootsift", "feature_key",
            "rootsift_from_sift"]
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,19 @@ class FeatureCache:
             log.warning("ignoring malformed local-feature cache file %s", path)
             return None
         return LocalFeatures(xy, scale, angle, descriptors, (size[0], size[1]))
+
+
+def cached_features(cache: FeatureCache | None, sha256: str, key: str, compute: Callable[[], LocalFeatures],
+                    as_stored: bool = False) -> LocalFeatures:
+    """The features of ``sha256`` from ``cache``, else ``compute()`` stored in it (no cache: just
+    computed). ``as_stored`` returns a fresh computation as the cache gives it back (float16
+    descriptors), so a caller uses exactly what its later runs will read."""
+    features = cache.get(sha256, key) if cache is not None else None
+    if features is None:
+        features = compute()
+        if cache is not None and cache.put(sha256, key, features) and as_stored:
+            features = cache.get(sha256, key) or features
+    return features
 
 
 def _to_uint8(descriptors: np.ndarray) -> np.ndarray:

@@ -47,7 +47,8 @@ from matchlens.fileio import atomic_write, write_text_atomic
 from matchlens.index.metadata import Entry
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import image_size, load_image
-from matchlens.local.features import CACHE_KIND, FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import (CACHE_KIND, FeatureCache, LocalFeatures, cached_features, extract_rootsift,
+                                      feature_key)
 from matchlens.localize.cameras import PIXEL_OFFSET, PosedCamera
 from matchlens.localize.mapstore import SceneMap, pair_file
 from matchlens.localize.matching import match_pair
@@ -374,14 +375,9 @@ def _map_settings(scene_map: SceneMap | None) -> tuple[float, float]:
 
 
 def _image_features(entry: Entry, cache: FeatureCache | None) -> LocalFeatures:
-    key = feature_key(MAX_KEYPOINTS, MAX_SIDE)
-    found = cache.get(entry.sha256, key) if cache is not None else None
-    if found is None:
-        # The full image, as mapping reads it: keypoints then lie in the frame of its intrinsics.
-        found = extract_rootsift(load_image(entry.path), MAX_KEYPOINTS, MAX_SIDE)
-        if cache is not None:
-            cache.put(entry.sha256, key, found)
-    return found
+    # The full image, as mapping reads it: keypoints then lie in the frame of its intrinsics.
+    return cached_features(cache, entry.sha256, feature_key(MAX_KEYPOINTS, MAX_SIDE),
+                           lambda: extract_rootsift(load_image(entry.path), MAX_KEYPOINTS, MAX_SIDE))
 
 
 def _gather(index: Index, scene_map: SceneMap | None, progress: ProgressFactory | None) -> list[_Image]:

@@ -25,7 +25,7 @@ from matchlens.errors import MapError
 from matchlens.fileio import atomic_write, write_json_atomic
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import load_image
-from matchlens.local.features import CONTRASTS, FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import CONTRASTS, FeatureCache, cached_features, LocalFeatures, extract_rootsift, feature_key
 from matchlens.localize.cameras import PosedCamera, write_cameras_json
 from matchlens.localize.mapstore import FORMAT, VERSION, MapImage, SceneMap, load_map, pair_file
 from matchlens.localize.matching import match_pair
@@ -85,14 +85,11 @@ def _features(images: Sequence[MapImage], cache: FeatureCache, settings: MapSett
     advance = progress(len(images), "features")
     found = []
     for image in images:
-        features = cache.get(image.sha256, key)
-        if features is None:
-            features = extract_rootsift(load_image(image.path), settings.max_keypoints, settings.max_side,
-                                        settings.contrast)
-            # Match with the stored (float16) descriptors, as a resumed build and localisation will.
-            if cache.put(image.sha256, key, features):
-                features = cache.get(image.sha256, key) or features
-        found.append(features)
+        def extract(path: str = image.path) -> LocalFeatures:
+            return extract_rootsift(load_image(path), settings.max_keypoints, settings.max_side, settings.contrast)
+
+        # Match with the stored (float16) descriptors, as a resumed build and localisation will.
+        found.append(cached_features(cache, image.sha256, key, extract, as_stored=True))
         advance(1)
     return found
 

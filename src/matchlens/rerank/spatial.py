@@ -33,7 +33,8 @@ from PIL import Image
 
 from matchlens.errors import MatchlensError
 from matchlens.io.images import load_image
-from matchlens.local.features import CACHE_KIND, FeatureCache, LocalFeatures, extract_rootsift, feature_key
+from matchlens.local.features import (CACHE_KIND, FeatureCache, LocalFeatures, cached_features, extract_rootsift,
+                                      feature_key)
 from matchlens.local.verify import METHODS, MIN_MATCHES, verify_pair
 from matchlens.components import in_range, one_of, positive_float, positive_int
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
@@ -119,12 +120,7 @@ class SpatialVerification(Reranker):
 
     def _cached(self, sha256: str, compute: Callable[[], LocalFeatures]) -> LocalFeatures:
         """Features from the cache, else ``compute()`` stored in it."""
-        features = self.cache.get(sha256, self._key) if self.cache is not None else None
-        if features is None:
-            features = compute()
-            if self.cache is not None:
-                self.cache.put(sha256, self._key, features)
-        return features
+        return cached_features(self.cache, sha256, self._key, compute)
 
     def _query_features(self, query: QueryInput) -> LocalFeatures:
         """The query's features; cached only for queries read from a file (``sha256`` known)."""
