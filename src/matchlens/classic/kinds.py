@@ -345,6 +345,18 @@ def open_kind(index, name: str, refresh: bool = True, progress: ProgressFactory 
     return OpenKind(index, name, folder, current)
 
 
+def read_stored_kind(index, name: str) -> tuple[Encoding, Ragged, list[str]]:
+    """A stored kind as it is on disk, not brought up to date: its encoding, its per-image codes and
+    the content hashes of the images they describe (one-line IndexError_ when missing or corrupt)."""
+    folder = _existing_folder(index, name)
+    current = _existing_current(folder)
+    try:
+        codes, shas = _load_codes(folder / current["built"])
+    except (OSError, ValueError) as exc:
+        raise IndexError_(f"descriptor kind {name!r} of index '{index.root}' is corrupt: {exc}") from None
+    return _load_encoding(folder / current["model"]), codes, shas
+
+
 def describe_kind(index, name: str) -> KindInfo:
     folder = _existing_folder(index, name)
     current = _existing_current(folder)

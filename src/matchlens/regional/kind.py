@@ -7,11 +7,10 @@ above :mod:`matchlens.classic`, so :class:`RegionalEncoding` is a classic
 :class:`~matchlens.classic.base.Encoding` registered in the same registry (``ENCODINGS``): importing
 this package (the search pipeline does when it opens a kind) makes ``matchlens encode IDX --kind
 regional --params layout=garment5`` store it and ``--kind regional`` / ``--fuse cnn+regional``
-search by it;
-* :func:`open_regional` reads the stored codes itself (the format above: ``code_vectors.npy``
-  (n·R, d) float16, ``offsets.npy``, ``sha256.npy``), so region similarities are available to
-  any layer above this one without the search pipeline. Images the stored kind does not have yet
-  (the index changed since it was last updated) are described on the fly, never written.
+search by it. :func:`open_regional` reads the stored codes with the classic kinds' reader
+(:func:`~matchlens.classic.kinds.read_stored_kind`), so region similarities are available to any
+layer above this one without the search pipeline. Images the stored kind does not have yet (the
+index changed since it was last updated) are described on the fly, never written.
 
 A code is the image's (R, d) region descriptors (:mod:`matchlens.regional.descriptors`); the
 kind's score of an image is Σ_r λ_r cos (:mod:`matchlens.regional.scoring`), uniform λ unless a
@@ -25,13 +24,13 @@ import json
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from matchlens.classic.base import ENCODINGS, Encoding
+from matchlens.classic.kinds import describe_kind, kind_names, read_stored_kind
 from matchlens.components import integer
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
 from matchlens.extract.light import open_query_encoder
@@ -46,8 +45,6 @@ __all__ = ["RegionalEncoding", "RegionalKind", "RegionalSource", "is_regional", 
 
 log = logging.getLogger(__name__)
 
-KINDS_DIR = "kinds"     # as matchlens.classic.kinds stores them
-CURRENT = "CURRENT.json"
 DEFAULT_NAME = "regional"
 _CHUNK = 2048           # images scored at once: bounded memory on large collections
 _QUERY_MEMO = 64
@@ -347,41 +344,35 @@ def _missing(name: str, names: list[str]) -> float:
 
 
 def open_regional(index: Any, name: str = DEFAULT_NAME) -> RegionalKind:
-    """Open the regional kind ``name`` of ``index`` (a ``matchlens.Index`` or its ``VectorIndex``).
+    """Open the regional kind ``name`` of ``index`` (a ``matchlens.Index`` or its ``VectorIndex``),
+    as stored (the classic kinds' reader; images added since are described on the fly).
 
     One-line IndexError_ when the index has no such kind or it is not a regional one."""
     store = getattr(index, "store", index)
-    folder = Path(store.root) / KINDS_DIR / name
-    current = _read_json(folder / CURRENT, store, name)
-    kind = _read_json(folder / str(current.get("model")) / "kind.json", store, name)
-    if not is_regional(kind.get("type")):
-        raise IndexError_(f"kind {name!r} of index '{store.root}' is a {kind.get('type')} kind, not a regional one; "
-                          f"add one with 'matchlens encode {store.root} --kind regional --params layout=garment5'")
-    encoding = ENCODINGS.get(kind["type"])(**kind["params"])
-    assert isinstance(encoding, RegionalEncoding)  # is_regional checked the type above
-    built = folder / str(current.get("built"))
-    try:
-        flat = np.load(built / "code_vectors.npy", mmap_mode="r")
-        shas = [s.decode() for s in np.load(built / "sha256.npy")]
-    except (OSError, ValueError) as exc:
-        raise IndexError_(f"regional kind {name!r} of index '{store.root}' is corrupt: {exc}") from None
+    if name not in kind_names(store):
+        raise IndexError_(f"index '{store.root}' has no regional kind {name!r}; add it with "
+                          f"'matchlens encode {store.root} --kind regional --params layout=garment5'")
+    encoding, codes, shas = read_stored_kind(store, name)
+    if not isinstance(encoding, RegionalEncoding):
+        raise IndexError_(f"kind {name!r} of index '{store.root}' is a {encoding.type_name} kind, not a regional "
+                          f"one; add one with 'matchlens encode {store.root} --kind regional --params layout=garment5'")
     regions = len(encoding.names)
+    flat = codes.arrays["vectors"]
     vectors = flat.reshape(len(shas), regions, -1) if len(shas) else np.zeros((0, regions, 0), np.float16)
     return RegionalKind(store, name, encoding, vectors, _positions(store, shas))
 
 
 def regional_kind_names(index: Any) -> list[str]:
     """Names of the regional kinds stored with ``index`` (e.g. to offer a regional search)."""
-    root = Path(getattr(index, "store", index).root) / KINDS_DIR
+    store = getattr(index, "store", index)
     names = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+    for name in kind_names(store):
         try:
-            current = json.loads((folder / CURRENT).read_text(encoding="utf-8"))
-            kind = json.loads((folder / str(current["model"]) / "kind.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a kind, or one being written: not offered
-        if is_regional(kind.get("type")):
-            names.append(folder.name)
+            kind_type = describe_kind(store, name).type
+        except (IndexError_, OSError, KeyError, ValueError):
+            continue  # a kind being written: not offered
+        if is_regional(kind_type):
+            names.append(name)
     return names
 
 
@@ -389,16 +380,6 @@ def _positions(store: Any, shas: list[str]) -> np.ndarray:
     """Index row → stored position, by content hash (-1 where the kind lacks the image)."""
     where = {sha: i for i, sha in enumerate(shas)}
     return np.array([where.get(store.entry_for_row(row).sha256, -1) for row in range(store.size)], np.int64)
-
-
-def _read_json(path: Path, store: Any, name: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise IndexError_(f"index '{store.root}' has no regional kind {name!r}; add it with "
-                          f"'matchlens encode {store.root} --kind regional --params layout=garment5'")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexError_(f"regional kind file '{path}' is corrupt: {exc}") from None
 
 
 def use_weights(searcher: Any, weights: np.ndarray) -> int:
