@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -105,3 +106,16 @@ def read_json_object(path: str | os.PathLike, label: str, error: type[Exception]
     if not isinstance(data, dict):
         raise error(f"{label} '{where}' must hold a JSON object {hint}")
     return data
+
+
+def swap_in_folder(work: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Put the finished folder ``work`` at ``out`` by renames: an existing ``out`` is moved aside
+    first and removed after, so a reader finds the old folder or the new one, never a mix."""
+    work, out = Path(work), Path(out)
+    if not os.path.lexists(out):
+        os.replace(work, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(work, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from matchlens.errors import MapError
-from matchlens.fileio import atomic_write, write_text_atomic
+from matchlens.fileio import atomic_write, swap_in_folder, write_text_atomic
 from matchlens.index.metadata import Entry
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import image_size, load_image
@@ -523,19 +523,11 @@ def _link_images(work: Path, images: Sequence[_Image]) -> None:
 
 def _publish(work: Path, out: Path, replace: bool) -> None:
     """Move the finished dataset onto ``out`` (replacing an old export only when asked)."""
-    if out.is_dir() and any(out.iterdir()):
-        if not replace:
-            raise MapError(f"{out} already exists and is not empty; remove it or export elsewhere")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if out.is_dir():
-        out.rmdir()
-    elif out.exists():
+    if out.exists() and not out.is_dir():
         raise MapError(f"{out} exists and is not a folder")
-    os.replace(work, out)
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        raise MapError(f"{out} already exists and is not empty; remove it or export elsewhere")
+    swap_in_folder(work, out)
 
 
 def _check_out(out: Path, replace: bool) -> None:

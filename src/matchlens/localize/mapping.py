@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from matchlens.errors import MapError
-from matchlens.fileio import atomic_write, write_json_atomic
+from matchlens.fileio import atomic_write, swap_in_folder, write_json_atomic
 from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import load_image
 from matchlens.local.features import CONTRASTS, FeatureCache, cached_features, LocalFeatures, extract_rootsift, feature_key
@@ -151,15 +151,9 @@ def _start(work: Path, settings: MapSettings, images: Sequence[MapImage]) -> Non
 
 def _publish(work: Path, out: Path, replace: bool) -> None:
     """Rename the finished ``MAP.partial`` to ``MAP`` (replacing an old map only when asked)."""
-    if out.exists():
-        if not replace:
-            raise MapError(f"{out} already exists: pass --replace to overwrite it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    if out.exists() and not replace:
+        raise MapError(f"{out} already exists: pass --replace to overwrite it")
+    swap_in_folder(work, out)
 
 
 def build_map(index: Index, scene: str | os.PathLike, cameras: dict[str, PosedCamera], out: str | os.PathLike,
