@@ -50,7 +50,7 @@ from matchlens.io.images import image_size, load_image
 from matchlens.local.features import (CACHE_KIND, FeatureCache, LocalFeatures, cached_features, extract_rootsift,
                                       feature_key)
 from matchlens.localize.cameras import PIXEL_OFFSET, PosedCamera
-from matchlens.localize.mapstore import SceneMap, pair_file
+from matchlens.localize.mapstore import SceneMap, read_pair
 from matchlens.localize.matching import match_pair
 from matchlens.pipeline.index import Index
 
@@ -481,12 +481,11 @@ def _pair_matches(first: _Image, second: _Image, scene_map: SceneMap | None) -> 
     """Verified matches (m, 2) first → second: the map's stored ones when it matched this pair."""
     i, j = first.map_number, second.map_number
     if scene_map is not None and i is not None and j is not None:
-        try:
-            with np.load(pair_file(scene_map.root, min(i, j), max(i, j)), allow_pickle=False) as stored:
-                matches = np.asarray(stored["matches"], np.int64).reshape(-1, 2)
+        stored = read_pair(scene_map.root, min(i, j), max(i, j))
+        if stored is not None:
+            matches = stored.astype(np.int64)
             return matches if i < j else matches[:, ::-1]
-        except (OSError, KeyError, ValueError):
-            pass  # not a mapping pair: match it below as mapping does
+        # not a mapping pair: match it below as mapping does
     ratio, max_error = _map_settings(scene_map)
     cameras = (first.camera, second.camera) if first.camera is not None and second.camera is not None else None
     return match_pair(first.features, second.features, ratio=ratio, cameras=cameras, max_error=max_error)

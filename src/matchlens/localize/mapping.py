@@ -27,7 +27,7 @@ from matchlens.index.writer import ProgressFactory
 from matchlens.io.images import load_image
 from matchlens.local.features import CONTRASTS, FeatureCache, cached_features, LocalFeatures, extract_rootsift, feature_key
 from matchlens.localize.cameras import PosedCamera, write_cameras_json
-from matchlens.localize.mapstore import FORMAT, VERSION, MapImage, SceneMap, load_map, pair_file
+from matchlens.localize.mapstore import FORMAT, VERSION, MapImage, SceneMap, load_map, pair_file, read_pair
 from matchlens.localize.matching import match_pair
 from matchlens.localize.presets import PRESETS
 from matchlens.localize.triangulate import build_tracks, triangulate_tracks
@@ -118,11 +118,9 @@ def _matches(root: Path, pairs: Sequence[tuple[int, int]], features: Sequence[Lo
     advance = progress(len(pairs), "matching")
     found = []
     for i, j in pairs:
-        target = pair_file(root, i, j)
-        try:
-            with np.load(target, allow_pickle=False) as stored:
-                matches = stored["matches"]
-        except (OSError, KeyError, ValueError):
+        matches = read_pair(root, i, j)
+        if matches is None:
+            target = pair_file(root, i, j)
             matches = match_pair(features[i], features[j], ratio=settings.ratio, cameras=(cameras[i], cameras[j]),
                                  max_error=settings.epipolar_error)
             matches = matches if len(matches) >= minimum else np.zeros((0, 2), np.int32)

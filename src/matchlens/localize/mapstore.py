@@ -30,7 +30,7 @@ from matchlens.errors import MapError
 from matchlens.local.features import FeatureCache, LocalFeatures
 from matchlens.localize.cameras import PosedCamera, read_cameras_json
 
-__all__ = ["FORMAT", "VERSION", "MapImage", "SceneMap", "load_map", "pair_file"]
+__all__ = ["FORMAT", "VERSION", "MapImage", "SceneMap", "load_map", "pair_file", "read_pair"]
 
 FORMAT = "matchlens-map"
 VERSION = 1
@@ -93,6 +93,15 @@ class SceneMap:
 def pair_file(root: Path, i: int, j: int) -> Path:
     """Where the verified matches of mapping pair (i, j), i < j, are stored."""
     return root / "matches" / f"{i}-{j}.npz"
+
+
+def read_pair(root: Path, i: int, j: int) -> np.ndarray | None:
+    """The stored verified matches (m, 2) of mapping pair (i, j), i < j; None when not stored (or unreadable)."""
+    try:
+        with np.load(pair_file(root, i, j), allow_pickle=False) as stored:
+            return np.asarray(stored["matches"]).reshape(-1, 2)
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
