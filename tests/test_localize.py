@@ -289,3 +289,16 @@ def test_clahe_keeps_the_keypoints_of_a_dark_photo_and_is_part_of_the_feature_ke
     assert feature_key(4096, 1024) == feature_key(4096, 1024, "none") != feature_key(4096, 1024, "clahe")
     with pytest.raises(Exception, match="unknown contrast normalisation"):
         extract_rootsift(photo, 10, 100, "sharpen")
+
+
+@pytest.mark.slow
+def test_a_broken_query_in_a_batch_is_a_failed_line_and_the_batch_goes_on(castle, tmp_path, capsys):
+    work, _, _ = castle
+    shutil.copy(SCENE / "images" / QUERIES[0], tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_bytes((SCENE / "images" / QUERIES[0]).read_bytes()[:3000])  # truncated
+    code, out, _ = run_cli(capsys, "localize", work / "map", "--queries", tmp_path, "-k", "4")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["status"] for line in lines] == ["ok", "failed"]
+    assert "truncated" in lines[1]["reason"]
+    code, _, err = run_cli(capsys, "localize", work / "map", tmp_path / "b.jpg")  # alone: a one-line error
+    assert code != 0 and len(err.strip().splitlines()) == 1

@@ -154,11 +154,24 @@ def localize(
     paths = [Path(p) for p in scan_source(queries)] if queries is not None else [Path(str(query))]
     failed = 0
     for path in paths:
-        result = localizer.localize(path, _query_camera(path, intrinsics, camera_model, truth))
+        result = _localize_one(localizer, path, intrinsics, camera_model, truth, batch=queries is not None)
         failed += not result.ok
         _print_localization(result, as_json, jsonl=queries is not None)
     if query is not None and failed:
         raise typer.Exit(1)
+
+
+def _localize_one(localizer, path: Path, intrinsics, camera_model, truth, batch: bool):
+    """One query's answer; in a batch an unreadable query is a failed line, not the end of the batch."""
+    from matchlens.errors import ImageLoadError
+    from matchlens.localize.localizer import Localization
+
+    try:
+        return localizer.localize(path, _query_camera(path, intrinsics, camera_model, truth))
+    except ImageLoadError as error:
+        if not batch:
+            raise
+        return Localization(str(path), "failed", reason=str(error))
 
 
 def _print_localization(result, as_json: bool, jsonl: bool) -> None:
