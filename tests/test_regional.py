@@ -210,6 +210,33 @@ def test_coordinate_ascent_follows_the_papers_loss():
     assert np.all(np.diff(history) <= 1e-12)  # coordinate ascent never accepts a worse loss
 
 
+def test_paper_objective_ends_one_hot_pooled_spreads():
+    """eq. 4 is linear in λ: its optimum is a vertex. The pooled hinge stops counting a triplet once
+    the weighted distances separate it, so λ keeps several separating regions."""
+    from matchlens.regional.fit import OBJECTIVES, distance_gaps, pooled_loss
+
+    rng = np.random.default_rng(1)
+    n, regions = 40, 4
+    gaps = np.full((n, regions), -0.3) + 0.02 * rng.normal(size=(n, regions))
+    gaps[: n // 2, 0] = 0.6   # half the copies changed region 0, the other half region 1
+    gaps[n // 2:, 1] = 0.6
+    gaps[:, 2] = -0.05 + 0.02 * rng.normal(size=n)  # region 2 separates a little (its eq.-4 hinge stays > 0)
+    gaps[:, 3] -= 0.25                               # region 3 separates best
+    q = np.zeros((n, regions, 2))
+    t = Triplets(q, q, q, [None] * n)
+    t.positive = np.stack([1.0 + gaps, np.zeros_like(gaps)], axis=-1)  # D⁺ = 1 + gap, D⁻ = 1
+    t.negative = np.stack([np.ones_like(gaps), np.zeros_like(gaps)], axis=-1)
+    assert distance_gaps(t) == pytest.approx(gaps, abs=1e-9)
+    paper = OBJECTIVES.get("paper")(t, 0.1)
+    pooled = OBJECTIVES.get("pooled")(t, 0.1)
+    lam_paper, _ = coordinate_ascent(hinge_terms(t, 0.1), alpha_tri(t), loss_of=paper)
+    lam_pooled, hist = coordinate_ascent(hinge_terms(t, 0.1), alpha_tri(t), loss_of=pooled)
+    assert np.count_nonzero(lam_paper > 1e-9) == 1 and lam_paper[3] == pytest.approx(1.0)  # a vertex
+    assert np.count_nonzero(lam_pooled > 0.05) >= 3 and hist[-1] == pytest.approx(0.0, abs=1e-9)
+    assert pooled(lam_pooled) <= pooled(np.full(regions, 0.25))
+    assert pooled_loss(np.full(regions, 0.25), distance_gaps(t), alpha_tri(t)) == pytest.approx(pooled(np.full(regions, 0.25)))
+
+
 def test_fit_regions_learns_the_regions_copies_keep(capsys, regional_index, tmp_path):
     """Two categories of generated copies: 'shirt' copies replace any region but the hem, 'dress'
     copies any but the collar; negatives are other scenes. The kept region gains weight."""

@@ -23,6 +23,7 @@ def fit_regions(
     name: str = typer.Option("regional", "--name", help="The regional kind to fit (as stored by matchlens encode --name)."),
     margin: float = typer.Option(0.1, "--margin", min=0.0, max=2.0, help="Triplet margin m of the plagiarism loss."),
     epochs: int = typer.Option(80, "--epochs", min=1, help="Coordinate-ascent epochs (step 0.1, 0.05 from epoch 41, 0.01 from 61)."),
+    objective: str = typer.Option("paper", "--objective", help="Loss minimised: {objectives} (paper: eq. 4, one hinge per region, linear in λ so λ ends one-hot; pooled: one hinge on the λ-weighted distance)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written weights file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -31,12 +32,15 @@ def fit_regions(
     from matchlens.api import open_index
     from matchlens.fileio import write_json_atomic
     from matchlens.regional import open_regional
-    from matchlens.regional.fit import fit_regions as fit, read_pairs
+    from matchlens.errors import ConfigError
+    from matchlens.regional.fit import OBJECTIVES, fit_regions as fit, read_pairs
 
+    if objective not in OBJECTIVES.names():
+        raise ConfigError(f"unknown --objective '{objective}' (known: {', '.join(OBJECTIVES.names())})")
     kind = open_regional(open_index(index_dir), name)
     with progress_factory(not quiet) as progress:
         triplets = read_pairs(kind, pairs, category_column, progress)
-    result = fit(kind, triplets, margin, epochs)
+    result = fit(kind, triplets, margin, epochs, objective)
     payload = result.to_json()
     write_json_atomic(out_file, payload, indent=1)
     if as_json:

@@ -16,9 +16,18 @@ Coordinate ascent (the paper's schedule): every λ_r starts at 1, normalised to 
 visits the regions in order and tries λ_r + Δ and λ_r − Δ (clipped at 0), each followed by
 normalisation to sum 1, keeping the better one when it lowers L_pla; Δ = 0.1 for epochs 1–40,
 0.05 for 41–60, 0.01 for 61–80. Categories are fitted separately (and ``default`` on all
-triplets). L_pla is linear in λ, so its minimum over the simplex is a vertex: with enough
-epochs λ concentrates on the regions whose hinge terms are smallest — the regions copies keep.
-The margin m is not given in the paper; 0.1 here (descriptor distances lie in [0, 2]).
+triplets). The margin m is not given in the paper; 0.1 here (descriptor distances lie in [0, 2]).
+
+Objectives (``OBJECTIVES``; ``fit-regions --objective``):
+
+* ``paper`` (default): eq. 4 as printed, one hinge per region. L_pla is then *linear* in λ, so
+  its minimum over the simplex is a vertex: with enough epochs λ concentrates on the single
+  region whose hinge terms are smallest (one-hot), and the ranking then rests on that region
+  alone. Measured in benchmarks/copies.py (a).
+* ``pooled``: the hinge on the λ-weighted distances, max(Σ_r λ_r (D_r^{I,I⁺} − D_r^{I,I⁻}) + m, 0),
+  still α_tri-weighted and fitted by the same coordinate ascent. Piecewise linear and convex:
+  a triplet stops counting once the weighted distances separate it by m, so λ spreads over the
+  regions that separate copies from non-copies instead of collapsing onto one.
 """
 
 from __future__ import annotations
@@ -32,11 +41,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from matchlens.errors import ConfigError, SourceError
+from matchlens.registry import Registry
 from matchlens.regional.kind import RegionalKind
 from matchlens.regional.scoring import DIFFERS_BELOW, uniform
 
-__all__ = ["FitResult", "Triplets", "alpha_tri", "coordinate_ascent", "fit_regions", "hinge_terms", "plagiarism_loss",
-           "read_pairs", "STEP_SCHEDULE"]
+__all__ = ["FitResult", "OBJECTIVES", "Triplets", "alpha_tri", "coordinate_ascent", "fit_regions", "hinge_terms",
+           "plagiarism_loss", "pooled_loss", "read_pairs", "STEP_SCHEDULE"]
 
 STEP_SCHEDULE = ((0, 0.1), (40, 0.05), (60, 0.01))  # (first epoch, Δλ): the paper's 0.1 → 0.05 → 0.01
 EPOCHS = 80
@@ -80,15 +90,47 @@ def plagiarism_loss(weights: np.ndarray, hinge: np.ndarray, alpha: np.ndarray) -
     return float(alpha @ (hinge @ weights))
 
 
+def pooled_loss(weights: np.ndarray, gaps: np.ndarray, alpha: np.ndarray, margin: float = MARGIN) -> float:
+    """Σ_n α_n · max(Σ_r λ_r (D_r^{I,I⁺} − D_r^{I,I⁻}) + m, 0): ``gaps`` is (N, R) of D⁺ − D⁻."""
+    return float(alpha @ np.maximum(gaps @ weights + margin, 0.0))
+
+
+def distance_gaps(t: Triplets) -> np.ndarray:
+    """(N, R): D_r^{I,I⁺} − D_r^{I,I⁻} per triplet and region."""
+    return np.linalg.norm(t.query - t.positive, axis=-1) - np.linalg.norm(t.query - t.negative, axis=-1)
+
+
+Loss = Callable[[np.ndarray], float]
+#: objective name → (triplets, margin) → L(λ); ``fit-regions --objective`` names one
+OBJECTIVES: Registry[Callable[[Triplets, float], Loss]] = Registry("region-weight objective")
+
+
+@OBJECTIVES.register("paper")
+def paper_objective(t: Triplets, margin: float) -> Loss:
+    """PS-Net eq. 4–6: one hinge per region, weighted by λ_r (linear in λ)."""
+    hinge, alpha = hinge_terms(t, margin), alpha_tri(t)
+    return lambda weights: plagiarism_loss(weights, hinge, alpha)
+
+
+@OBJECTIVES.register("pooled")
+def pooled_objective(t: Triplets, margin: float) -> Loss:
+    """One hinge on the λ-weighted distances (convex, piecewise linear in λ), α_tri-weighted."""
+    gaps, alpha = distance_gaps(t), alpha_tri(t)
+    return lambda weights: pooled_loss(weights, gaps, alpha, margin)
+
+
 def _step(epoch: int) -> float:
     return [delta for start, delta in STEP_SCHEDULE if epoch >= start][-1]
 
 
-def coordinate_ascent(hinge: np.ndarray, alpha: np.ndarray, epochs: int = EPOCHS) -> tuple[np.ndarray, list[float]]:
-    """λ minimising L_pla by the paper's coordinate ascent; returns λ and the loss after each epoch."""
+def coordinate_ascent(hinge: np.ndarray, alpha: np.ndarray, epochs: int = EPOCHS,
+                      loss_of: Loss | None = None) -> tuple[np.ndarray, list[float]]:
+    """λ minimising L_pla (eq. 6 on ``hinge``/``alpha``, or ``loss_of`` when given) by the paper's
+    coordinate ascent; returns λ and the loss after each epoch."""
     regions = hinge.shape[1]
+    loss_fn: Loss = loss_of or (lambda weights: plagiarism_loss(weights, hinge, alpha))
     lam = uniform(regions).astype(np.float64)
-    loss = plagiarism_loss(lam, hinge, alpha)
+    loss = loss_fn(lam)
     history = []
     for epoch in range(epochs):
         delta = _step(epoch)
@@ -100,7 +142,7 @@ def coordinate_ascent(hinge: np.ndarray, alpha: np.ndarray, epochs: int = EPOCHS
                 if trial.sum() <= 0:
                     continue
                 trial /= trial.sum()
-                trial_loss = plagiarism_loss(trial, hinge, alpha)
+                trial_loss = loss_fn(trial)
                 if trial_loss < best_loss - 1e-12:
                     best, best_loss = trial, trial_loss
             lam, loss = best, best_loss
@@ -121,6 +163,7 @@ class FitResult:
     triplets: dict[str, int]
     margin: float = MARGIN
     epochs: int = EPOCHS
+    objective: str = "paper"
     unresolved: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,25 +175,28 @@ class FitResult:
             "layout": self.layout, "kind": self.kind, "default": named(self.weights["default"]),
             "categories": {c: named(w) for c, w in self.weights.items() if c != "default"},
             "differs_below": DIFFERS_BELOW,
-            "fit": {"method": "PS-Net coordinate ascent on L_pla (alpha_tri-weighted)", "margin": self.margin,
+            "fit": {"method": "PS-Net coordinate ascent on L_pla (alpha_tri-weighted)", "objective": self.objective,
+                    "margin": self.margin,
                     "epochs": self.epochs, "steps": [list(s) for s in STEP_SCHEDULE], "triplets": self.triplets,
                     "loss_uniform": {c: round(v, 6) for c, v in self.loss_uniform.items()},
                     "loss_fitted": {c: round(v, 6) for c, v in self.loss_fitted.items()}},
         }
 
 
-def fit_regions(kind: RegionalKind, triplets: Triplets, margin: float = MARGIN, epochs: int = EPOCHS) -> FitResult:
-    """λ for all triplets (``default``) and for each category they name."""
+def fit_regions(kind: RegionalKind, triplets: Triplets, margin: float = MARGIN, epochs: int = EPOCHS,
+                objective: str = "paper") -> FitResult:
+    """λ for all triplets (``default``) and for each category they name, minimising ``objective``."""
+    make_loss = OBJECTIVES.get(objective)
     groups: list[str | None] = [None, *sorted({c for c in triplets.categories if c is not None})]
-    result = FitResult(kind.names, kind.layout, kind.name, {}, {}, {}, {}, margin, epochs)
+    result = FitResult(kind.names, kind.layout, kind.name, {}, {}, {}, {}, margin, epochs, objective)
     for group in groups:
         subset = triplets.select(group)
-        hinge, alpha = hinge_terms(subset, margin), alpha_tri(subset)
-        lam, _ = coordinate_ascent(hinge, alpha, epochs)
+        loss_of = make_loss(subset, margin)
+        lam, _ = coordinate_ascent(hinge_terms(subset, margin), alpha_tri(subset), epochs, loss_of)
         key = group or "default"
         result.weights[key] = lam
-        result.loss_uniform[key] = plagiarism_loss(uniform(len(kind.names)).astype(np.float64), hinge, alpha)
-        result.loss_fitted[key] = plagiarism_loss(lam, hinge, alpha)
+        result.loss_uniform[key] = loss_of(uniform(len(kind.names)).astype(np.float64))
+        result.loss_fitted[key] = loss_of(lam)
         result.triplets[key] = len(subset.categories)
     return result
 
