@@ -7,6 +7,10 @@ of about 25-50% of each side, rotated, stretched, relit) plus 150 synthetic dist
 queried UKBench-style (views 0 and 1 of every object, positives its other views): the
 collections on which the kNN-graph gate of ``auto`` (:mod:`matchlens.rerank.graph`) was
 calibrated; with ``--demo`` also on the demo collection (``matchlens demo --rerank CHAIN``).
+``--lw`` instead compares the learned-whitening (Lw) variants on the oxford5k_subset index's
+stored vectors: 2-fold over landmarks (each fold's Lw learned from its queries' positive pairs
+and 5 hard negatives each, as ``matchlens train`` does, and evaluated on the other fold's
+queries over the whole collection).
 Indexes are built once into --work (reused by later runs). The added latency is measured on the
 collection itself and, for the query-time part, with 100,000 extra distractor vectors appended
 (generated from the real descriptors: random sparse mixtures of collection vectors plus noise,
@@ -19,6 +23,7 @@ collection, the kNN-graph profile and whether ``auto`` switches DBA and diffusio
 
     python benchmarks/rerank.py [--work bench-out] [--data ../shared/data] [--chains CHAIN ...]
         [--generated 16 4] [--demo]
+    python benchmarks/rerank.py --lw [--work bench-out] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from matchlens.pipeline.context import IndexContext
 from matchlens.pipeline.search import SearchPipeline
 from matchlens.rerank import QueryInput, Shortlist, chain_depth, parse_chain, run_chain
 from matchlens.rerank.graph import graph_profile
+from matchlens.whitening import LearnedWhitening
 
 CHAINS = [
     "", "aqe:k=2", "alpha_qe:k=10,alpha=3", "kr:k=100", "diffusion:k=1000",
@@ -54,6 +60,17 @@ CHAINS = [
 ]
 DBA = {"k": 3}
 SHARED = ("oxford5k_subset", "ukbench_subset")
+# Lw variants: the default is cirtorch's whitenlearn; the others are its named options (the last
+# was matchlens's default before it followed cirtorch).
+LW_VARIANTS = {
+    "default (cirtorch whitenlearn)": {},
+    "shrinkage=0.1": {"shrinkage": 0.1},
+    "rotation=pairs": {"rotation": "pairs"},
+    "centre=all": {"centre": "all"},
+    "shrinkage=0.1, rotation=pairs, centre=all (old default)": {"shrinkage": 0.1, "rotation": "pairs", "centre": "all"},
+}
+LW_FOLDS = ({"radcliffe_camera", "bodleian", "cornmarket", "balliol"},  # 53 queries; the rest: 61
+            {"christ_church", "all_souls", "hertford", "magdalen", "ashmolean"})
 DISTRACTORS = 150  # synthetic scenes in every generated collection
 QUERY_VIEWS = 2    # views of each object that are queries in a generated collection
 
@@ -159,6 +176,64 @@ def generated(work: Path, views: int, largest: int) -> tuple[Path, matchlens.Ind
                  for v in range(views, largest)]
         matchlens.open_index(root).remove(extra)
     return folder, matchlens.open_index(root)
+
+
+# --- learned whitening variants ------------------------------------------------------------------
+
+def lw_pairs(dataset, queries: list, vectors: np.ndarray, row: dict[str, int]) -> tuple[list, list]:
+    """(matching, non-matching) row pairs of ``queries``: each query with its positives, and with
+    its 5 most similar images that are neither positive nor junk (hard negatives)."""
+    matching, non_matching = [], []
+    for q in queries:
+        qi = row[q.image]
+        matching += [(qi, row[p]) for p in q.positives if p in row]
+        skip = {row[n] for n in (*q.positives, *q.junk, q.image) if n in row}
+        order = np.argsort(-(vectors @ vectors[qi]), kind="stable")
+        non_matching += [(qi, int(r)) for r in order if int(r) not in skip][:5]
+    return matching, non_matching
+
+
+def lw_map(vectors: np.ndarray, names: list[str], queries: list, row: dict[str, int]) -> list[float]:
+    """AP of each query ranking the whole collection by inner product of ``vectors``."""
+    from matchlens.evaluate.protocol import query_metrics
+
+    aps = []
+    for q in queries:
+        order = np.argsort(-(vectors @ vectors[row[q.image]]), kind="stable")
+        aps.append(query_metrics(q, [names[r] for r in order], ks=())["AP"])
+    return aps
+
+
+def lw_table(data: Path, work: Path, dims: tuple[int | None, ...] = (None, 128)) -> None:
+    """mAP of each Lw variant (2-fold over landmarks) on oxford5k_subset's stored vectors."""
+    dataset = load_gt_json(data / "oxford5k_subset")
+    index = with_dba(build(data, "oxford5k_subset", work), False)
+    raw = np.asarray(index.vectors(), dtype=np.float64)
+    names = [Path(index.entry_for_row(r).path).name for r in range(index.size)]
+    row = {name: r for r, name in enumerate(names)}
+    folds = [[q for q in dataset.queries if q.group in groups and q.image in row] for groups in LW_FOLDS]
+    print(f"\nLearned whitening on oxford5k_subset ({index.spec.describe()}, {len(names)} images, "
+          f"{sum(map(len, folds))} whole-image queries): Lw learned on one fold of landmarks, mAP on the other "
+          f"fold's queries, both folds pooled; mAP in %\n")
+    baseline = 100 * float(np.nanmean(lw_map(raw, names, folds[0] + folds[1], row)))
+    print(f"| Lw variant | {' | '.join('dim ' + (str(d) if d else 'full') for d in dims)} |")
+    print("|---" * (len(dims) + 1) + "|")
+    print(f"| none (global search) | {' | '.join(f'{baseline:.1f}' for _ in dims)} |")
+    for label, params in LW_VARIANTS.items():
+        cells = []
+        for dim in dims:
+            aps: list[float] = []
+            for train, test in ((folds[0], folds[1]), (folds[1], folds[0])):
+                matching, non_matching = lw_pairs(dataset, train, raw, row)
+                used = sorted({i for pair in matching + non_matching for i in pair})
+                where = {r: k for k, r in enumerate(used)}
+                lw = LearnedWhitening(dim=dim, **params).fit_pairs(
+                    raw[used], [(where[a], where[b]) for a, b in matching],
+                    [(where[a], where[b]) for a, b in non_matching])
+                aps += lw_map(lw.transform(raw).astype(np.float64), names, test, row)
+            value = 100 * float(np.nanmean(aps))
+            cells.append(f"{value:.1f} ({value - baseline:+.1f})")
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -269,8 +344,12 @@ def main() -> None:
     parser.add_argument("--generated", type=int, nargs="*", default=[],
                         help="also the generated collections with these numbers of views per object")
     parser.add_argument("--demo", action="store_true", help="also the demo collection (matchlens demo --rerank)")
+    parser.add_argument("--lw", action="store_true", help="only the learned-whitening variants (no re-ranking)")
     args = parser.parse_args()
     data, work = Path(args.data), Path(args.work)
+    if args.lw:
+        lw_table(data, work)
+        return
     datasets = {name: load_gt_json(data / name) for name in SHARED}
     indexes = {name: with_dba(build(data, name, work), False) for name in SHARED}  # updated as DBA toggles
     for views in sorted(args.generated, reverse=True):

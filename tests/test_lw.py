@@ -1,4 +1,5 @@
-"""Learned whitening Lw (P3 §3.3) on constructed data, its registry entry and its file format."""
+"""Learned whitening Lw (P3 §3.3; defaults = cirtorch's whitenlearn) on constructed data, its registry
+entry and its file format. Exactness against cirtorch itself: tests/test_reference_exact.py."""
 
 from __future__ import annotations
 
@@ -29,9 +30,21 @@ def test_matching_differences_are_whitened_to_identity():
     np.testing.assert_allclose(diff.T @ diff / len(diff), np.eye(X.shape[1]), atol=1e-8)
 
 
-def test_non_matching_differences_are_decorrelated_largest_first():
+def test_default_rotation_decorrelates_all_descriptors_about_the_query_mean():
+    """cirtorch's rotation: principal directions of every training descriptor, centred on the
+    mean of the matching pairs' first members."""
+    X, matching, _ = _constructed(1)
+    lw = LearnedWhitening().fit_pairs(X, matching)
+    np.testing.assert_allclose(lw.mean_, X[np.array(matching)[:, 0]].mean(axis=0))
+    z = lw.project(X)
+    cov = z.T @ z / len(z)
+    np.testing.assert_allclose(cov, np.diag(lw.eigenvalues_), atol=1e-8)
+    assert np.all(np.diff(lw.eigenvalues_) <= 1e-9)
+
+
+def test_pairs_rotation_decorrelates_non_matching_differences_largest_first():
     X, matching, non_matching = _constructed(1)
-    lw = LearnedWhitening(shrinkage=0.0, eps=1e-12).fit_pairs(X, matching, non_matching)
+    lw = LearnedWhitening(shrinkage=0.0, eps=1e-12, rotation="pairs").fit_pairs(X, matching, non_matching)
     a, b = np.array(non_matching).T
     diff = lw.project(X[a]) - lw.project(X[b])
     cov = diff.T @ diff / len(diff)
@@ -78,6 +91,20 @@ def test_shrinkage_makes_few_pairs_usable():
     assert np.isfinite(lw.projection_).all()
 
 
+def test_singular_pair_covariance_gets_cirtorchs_growing_jitter():
+    """Without shrinkage, 8 pairs in 20 dimensions leave C_S singular: as cirtorch, a diagonal
+    jitter from eps upwards (x10) makes it factorisable; the directions no pair varies in are
+    amplified, while the whitened matching differences keep identity covariance in the pairs' span."""
+    X, matching, _ = _constructed(4, d=20, n=8)
+    lw = LearnedWhitening().fit_pairs(X, matching)
+    assert np.isfinite(lw.projection_).all() and np.abs(lw.projection_).max() > 1e3
+    a, b = np.array(matching).T
+    diff = lw.project(X[a]) - lw.project(X[b])
+    values = np.sort(np.linalg.eigvalsh(diff.T @ diff / len(diff)))
+    np.testing.assert_allclose(values[-len(matching):], 1.0, atol=1e-4)
+    np.testing.assert_allclose(values[:-len(matching)], 0.0, atol=1e-4)
+
+
 def test_registry_save_load_and_errors(tmp_path):
     X, matching, non_matching = _constructed(5)
     lw = make_whitening("lw", dim=4, shrinkage=0.0)
@@ -85,7 +112,11 @@ def test_registry_save_load_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="matching pairs"):
         lw.fit(X)
     with pytest.raises(ConfigError, match="non-matching"):
-        lw.fit_pairs(X, matching, [])
+        make_whitening("lw", rotation="pairs").fit_pairs(X, matching, [])
+    with pytest.raises(ConfigError, match="rotation"):
+        LearnedWhitening(rotation="queries")
+    with pytest.raises(ConfigError, match="centre"):
+        LearnedWhitening(centre="median")
     with pytest.raises(ConfigError, match="outside"):
         lw.fit_pairs(X, [(0, len(X))], non_matching)
     with pytest.raises(ConfigError):

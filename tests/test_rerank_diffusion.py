@@ -177,7 +177,8 @@ def test_truncated_solve_equals_a_dense_solve_on_the_shortlist_subgraph(manifold
     # k=100 >= N: the full, non-truncated diffusion; k=8: the subgraph's own degrees normalise S.
     query, alpha, gamma = manifold[2], 0.9, 3.0
     before = cosine_shortlist(manifold, query)
-    reranker = Diffusion(k=k, knn=4, query_knn=4, alpha=alpha, iterations=500, tol=1e-12)
+    # knn=5: lists of 5 counting the vector itself (the reference's meaning) = 4 other neighbours
+    reranker = Diffusion(k=k, knn=5, query_knn=4, alpha=alpha, iterations=500, tol=1e-12)
     after = reranker.rerank(QueryInput(query), before, FakeContext(manifold))
 
     nodes = before.rows[:k]
@@ -206,15 +207,28 @@ def test_registered_with_defaults_and_depth() -> None:
     (step,) = parse_chain("diffusion:k=200,gamma=3,alpha=0.9")
     assert isinstance(step, Diffusion) and step.depth == 200
     assert step.config["gamma"] == 3.0 and isinstance(step.config["gamma"], float)
-    assert Diffusion().params() == {"k": 1000, "knn": 50, "gamma": 3.0, "alpha": 0.99, "query_knn": 10,
-                                    "iterations": 20, "tol": 1e-6}
+    assert Diffusion().params() == {"k": 1000, "knn": 50, "knn_counts": "self", "gamma": 3.0, "alpha": 0.99,
+                                    "query_knn": 10, "iterations": 20, "tol": 1e-6}
+
+
+@pytest.mark.parametrize(("params", "others"),
+                         [({"knn": 5}, 4), ({"knn": 4, "knn_counts": "others"}, 4), ({"knn": 1}, 0)])
+def test_knn_counts_the_vector_itself_unless_knn_counts_is_others(manifold: np.ndarray, tmp_path: Path,
+                                                               params: dict, others: int) -> None:
+    """The cache is named by the number of other neighbours, so a graph cached before knn counted
+    the vector itself (``GEN-k4-…`` for the old knn=4) is what knn=5 now reads."""
+    reranker = Diffusion(**params)
+    assert reranker.neighbours == others
+    reranker.rerank(QueryInput(manifold[0]), cosine_shortlist(manifold, manifold[0]), FakeContext(manifold, tmp_path))
+    graph = load_graph(tmp_path / "diffusion" / f"gen1-k{others}-g3.0.npz")
+    assert (graph != build_knn_graph(manifold, k=others)).nnz == 0
 
 
 @pytest.mark.parametrize("params", [
     {"alpha": 0}, {"alpha": 1}, {"alpha": 1.5}, {"alpha": -0.1}, {"alpha": float("nan")},
     {"gamma": 0}, {"gamma": -1.0}, {"gamma": float("inf")}, {"gamma": "three"},
     {"k": 0}, {"k": 2.5}, {"k": True}, {"knn": 0}, {"query_knn": -3}, {"iterations": 0},
-    {"tol": 0}, {"beta": 1},
+    {"tol": 0}, {"beta": 1}, {"knn_counts": "yes"},
 ])
 def test_bad_parameters_raise_one_line_config_error(params: dict) -> None:
     with pytest.raises(ConfigError) as err:

@@ -262,8 +262,11 @@ def test_k_reciprocal_moves_reciprocal_positives_above_top1_distractor(params) -
 def test_k_reciprocal_distance_limits() -> None:
     q, db = kr_case()
     head = np.vstack([q, db[:9]])
-    # lambda_=1: the original distance 2 - 2cos alone; the head order is the cosine order
-    np.testing.assert_allclose(k_reciprocal_distance(head, 4, 3, 1.0), 2 - 2 * db[:9] @ q, atol=1e-12)
+    # lambda_=1: the original distance 2 - 2cos alone (by default divided by the query row's
+    # maximum, as the reference code does); the head order is the cosine order
+    raw = 2 - 2 * head[1:] @ q
+    np.testing.assert_allclose(k_reciprocal_distance(head, 4, 3, 1.0, row_max=False), raw, atol=1e-12)
+    np.testing.assert_allclose(k_reciprocal_distance(head, 4, 3, 1.0), raw / raw.max(), atol=1e-12)
     jaccard = k_reciprocal_distance(head, 4, 3, 0.0)
     assert ((jaccard >= 0) & (jaccard <= 1)).all()
     # a shortlist shorter than 2 is returned as is; k beyond the shortlist uses what there is
@@ -274,8 +277,10 @@ def test_k_reciprocal_distance_limits() -> None:
 
 
 def test_k_reciprocal_parameter_validation() -> None:
-    assert KReciprocal().params() == {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3} and KReciprocal().depth == 100
-    for bad in ({"k": 0}, {"k1": 0}, {"k2": 2.5}, {"lambda_": 1.5}, {"lambda_": -0.1}, {"lambda_": "a"}, {"lam": 1}):
+    assert KReciprocal().params() == {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3, "norm": "row_max"}
+    assert KReciprocal().depth == 100
+    for bad in ({"k": 0}, {"k1": 0}, {"k2": 2.5}, {"lambda_": 1.5}, {"lambda_": -0.1}, {"lambda_": "a"}, {"lam": 1},
+                {"norm": "max"}):
         with pytest.raises(ConfigError):
             KReciprocal(**bad)
 

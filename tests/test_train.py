@@ -142,8 +142,11 @@ def test_train_validates_checkpoints_and_loads_with_weights(gt_dataset, tmp_path
     assert code == 0, stderr
     lw_index = open_index(tmp_path / "idx-lw")
     assert lw_index.dim == 32 and lw_index.manifest["whitening_state"] == "fitted"
-    hits = lw_index.search(gt_dataset / "images" / "g0_v1.jpg", k=1)
-    assert hits[0].path.endswith("g0_v1.jpg")  # the query's own stored copy ranks first
+    # The query's group (its own stored copy and its two other views) ranks first. Lw defaults to
+    # cirtorch's (no shrinkage): with fewer pairs than dimensions it maps a group's views to
+    # nearly one point, so their order among themselves is not defined.
+    hits = lw_index.search(gt_dataset / "images" / "g0_v1.jpg", k=3)
+    assert sorted(Path(h.path).name for h in hits) == ["g0_v0.jpg", "g0_v1.jpg", "g0_v2.jpg"]
 
 
 def test_interrupted_run_resumes_from_saved_step(gt_dataset, tmp_path):

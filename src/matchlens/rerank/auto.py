@@ -231,7 +231,8 @@ class AutoRerank(Reranker):
         """Diffusion over the first ``k`` entries on the mutual ``knn``-NN graph, seeded by the
         query's first ``knn`` entries (the neighbours the graph vouches for)."""
         if self._diffusion is None or self._diffusion.config["knn"] != knn:
-            self._diffusion = Diffusion(k=self.config["k"], knn=knn, query_knn=knn)
+            # knn counts other views (the graph gate measured them); the reference counts the node itself
+            self._diffusion = Diffusion(k=self.config["k"], knn=knn, knn_counts="others", query_knn=knn)
         return self._diffusion
 
     # --- expansion and ordering ------------------------------------------------------------------

@@ -1,13 +1,22 @@
 """Diffusion re-ranking on a mutual kNN graph (Iscen et al., CVPR'17), truncated to the shortlist.
 
-Offline, once per index generation, every database vector is linked to its ``knn`` nearest
-neighbours by inner product; an edge survives only when it is mutual, with affinity
-``a_ij = max(x_iᵀx_j, 0)^γ``. The graph is cached as ``CACHE/diffusion/GEN-kK-gG.npz``.
+Offline, once per index generation, every database vector is linked to its nearest neighbours by
+inner product; an edge survives only when it is mutual, with affinity ``a_ij = max(x_iᵀx_j, 0)^γ``.
+As in the reference code (ahmetius/diffusion-retrieval, ``knngraph.m`` on ``knn_wrap`` lists),
+a ``knn`` list counts the vector itself, so ``knn=50`` links each vector to its 49 nearest others;
+``knn_counts="others"`` makes ``knn`` the number of others. The graph is cached as
+``CACHE/diffusion/GEN-kK-gG.npz`` with K the number of others.
 
-At query time the graph is *truncated* to the shortlist T: the induced subgraph W_T is normalised
-with its own degrees, ``S = D^-1/2 W_T D^-1/2``, the query seeds ``y`` with its similarities^γ to
-its first ``query_knn`` shortlist entries, and ``(I - αS) f = y`` is solved by conjugate gradient.
-The shortlist is re-sorted by ``f``.
+At query time the graph is *truncated* to the shortlist T, as the reference's large-scale mode
+does (``trunclap.m``): the induced subgraph W_T is normalised with its own degrees,
+``S = D^-1/2 W_T D^-1/2``, the query seeds ``y`` with its similarities^γ to its first
+``query_knn`` shortlist entries (``ymake.m``), and ``(I - αS) f = y`` is solved by conjugate
+gradient with the stopping rule and result of MATLAB's/Octave's ``pcg`` (``dfs.m``): at most
+``iterations`` steps, stop at relative residual ``tol``, return the iterate of smallest residual.
+The shortlist is re-sorted by ``f``. When the shortlist holds the whole collection this is the
+reference's untruncated mode; the defaults are the reference's global-descriptor settings
+(``run_test.m``: k=50, kq=10, γ=3, α=0.99, 20 iterations, tol 1e-6); see
+docs/reference-exactness.md.
 
 Memory is linear in the collection size N: the graph holds at most N·knn edges, the build keeps
 the vectors once (in the FAISS index), N·knn neighbour triplets and O(N·knn) temporaries while
@@ -18,7 +27,6 @@ independent of N.
 
 from __future__ import annotations
 
-import inspect
 import os
 import zipfile
 from pathlib import Path
@@ -26,14 +34,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from matchlens.components import in_range, positive_float, positive_int
+from matchlens.components import in_range, one_of, positive_float, positive_int
 from matchlens.fileio import atomic_write
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
-__all__ = ["Diffusion", "build_knn_graph", "diffuse", "graph_for", "induced_subgraph", "load_graph", "save_graph"]
+__all__ = ["KNN_COUNTS", "Diffusion", "build_knn_graph", "conjugate_gradient", "diffuse", "graph_for",
+           "induced_subgraph", "load_graph", "save_graph"]
+
+# What a ``knn`` list counts: "self" the vector itself and knn - 1 others (the reference code),
+# "others" knn other vectors.
+KNN_COUNTS = ("self", "others")
 
 
 # --- offline graph ------------------------------------------------------------------------------
@@ -171,36 +184,63 @@ def diffuse(graph: sp.csr_matrix, y: np.ndarray, alpha: float, iterations: int, 
     Isolated nodes (degree 0) get no normalisation (their row of S is empty), so their ``f`` is ``y``.
     """
     import scipy.sparse as sp  # deferred: scipy.sparse costs 0.15 s to import and only diffusion needs it
-    from scipy.sparse.linalg import cg  # deferred: as above
     w = sp.csr_matrix(graph, dtype=np.float64)
     degrees = np.asarray(w.sum(axis=1)).ravel()
     inv_sqrt = np.zeros_like(degrees)
     np.divide(1.0, np.sqrt(degrees), out=inv_sqrt, where=degrees > 0)
     d = sp.diags(inv_sqrt)
     system = sp.identity(w.shape[0], format="csr") - alpha * (d @ w @ d)
-    f, _ = cg(system, np.asarray(y, dtype=np.float64), maxiter=iterations, **_cg_tolerance(cg, tol))
-    return f  # not converged within ``iterations`` is the intended truncation, not an error
+    # Not converged within ``iterations`` is the intended truncation, not an error.
+    return conjugate_gradient(system, np.asarray(y, dtype=np.float64), tol, iterations)
 
 
-def _cg_tolerance(cg: Any, tol: float) -> dict[str, float]:
-    """The relative-tolerance keyword of this scipy's ``cg`` (``tol`` became ``rtol`` in 1.12)."""
-    key = "rtol" if "rtol" in inspect.signature(cg).parameters else "tol"
-    return {key: tol, "atol": 0.0}
+def conjugate_gradient(a: Any, b: np.ndarray, tol: float, maxiter: int) -> np.ndarray:
+    """``a x = b`` (a symmetric positive definite) by CG from x = 0, as MATLAB's/Octave's ``pcg``.
+
+    At most ``maxiter`` steps; stops once the (recursively updated) residual is at most
+    ``tol·‖b‖``, or when x stagnates; returns the iterate of smallest residual norm (the last
+    of equal ones), which is what the reference's ``dfs.m`` gets from ``pcg``. scipy's ``cg``
+    returns the last iterate instead: CG's residual is not monotone, so they can differ.
+    """
+    x = np.zeros_like(b)
+    b_norm = float(np.linalg.norm(b))
+    best, best_residual, residual = x, b_norm, b_norm
+    r, p, old_tau = b.copy(), np.zeros_like(b), 1.0
+    for _ in range(maxiter):
+        if residual <= tol * b_norm:
+            break
+        tau = float(r @ r)
+        p = r + (tau / old_tau) * p
+        old_tau = tau
+        w = a @ p
+        den = float(p @ w)
+        if tau <= 0.0 or den <= 0.0:  # not positive definite (pcg's flag 4): keep the best so far
+            break
+        previous = x
+        x = x + (tau / den) * p
+        r = r - (tau / den) * w
+        residual = float(np.linalg.norm(r))
+        if residual <= best_residual:
+            best, best_residual = x, residual
+        if np.linalg.norm(x - previous) <= np.finfo(float).eps * np.linalg.norm(x):  # stagnated
+            break
+    return best
 
 
 @RERANKERS.register("diffusion")
 class Diffusion(Reranker):
     """Truncated diffusion: re-sort the first ``k`` shortlist entries by diffusion on their kNN subgraph.
 
-    Parameters: ``k`` (entries diffused = the truncation), ``knn`` (graph neighbours), ``gamma``
+    Parameters: ``k`` (entries diffused = the truncation), ``knn`` (graph neighbour lists, the
+    vector itself included unless ``knn_counts`` is ``"others"``: the reference's ``k``), ``gamma``
     (affinity exponent), ``alpha`` (in (0, 1)), ``query_knn`` (first shortlist entries that seed
     the query), ``iterations`` (CG maximum), ``tol`` (CG relative tolerance). Entries beyond ``k``
     follow in their input order, their scores shifted down by one constant so that the list stays
     non-increasing.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"k": 1000, "knn": 50, "gamma": 3.0, "alpha": 0.99, "query_knn": 10, "iterations": 20,
-                "tol": 1e-6}
+    defaults: ClassVar[dict[str, Any]] = {"k": 1000, "knn": 50, "knn_counts": "self", "gamma": 3.0, "alpha": 0.99,
+                                          "query_knn": 10, "iterations": 20, "tol": 1e-6}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -211,6 +251,7 @@ class Diffusion(Reranker):
         """Integers >= 1; gamma and tol finite and > 0; alpha strictly between 0 and 1."""
         for key in ("k", "knn", "query_knn", "iterations"):
             self.check(key, positive_int)
+        self.check("knn_counts", one_of, KNN_COUNTS)
         gamma, tol = self.check("gamma", positive_float), self.check("tol", positive_float)
         alpha = self.check("alpha", in_range, 0.0, 1.0, low_open=True, high_open=True)
         # Floats, so that gamma=3 and gamma=3.0 share one cached graph.
@@ -249,6 +290,11 @@ class Diffusion(Reranker):
         """The graph of ``ctx``'s generation, memoised on this reranker."""
         key = (ctx.generation, len(ctx.vectors))
         if self._graph is None or self._graph[0] != key:
-            self._graph = (key, graph_for(ctx, self.config["knn"], self.config["gamma"]))
+            self._graph = (key, graph_for(ctx, self.neighbours, self.config["gamma"]))
         return self._graph[1]
+
+    @property
+    def neighbours(self) -> int:
+        """Graph neighbours per vector other than itself (what :func:`build_knn_graph` calls ``k``)."""
+        return self.config["knn"] - 1 if self.config["knn_counts"] == "self" else self.config["knn"]
 

@@ -1,9 +1,13 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR'17), restricted to the head of the shortlist.
 
 The original method works on all query and gallery images; here it runs on the query and its
-top ``k`` shortlist vectors only — an (k+1)×(k+1) problem, never N×N:
+top ``k`` shortlist vectors only — an (k+1)×(k+1) problem, never N×N. With the defaults this is
+exactly the reference code (zhunzhong07/person-re-ranking, ``re_ranking`` of
+python-version/re_ranking_ranklist.py) called with the query as the probe set and the top ``k``
+as the gallery (tests/test_reference_exact.py; docs/reference-exactness.md):
 
-1. original distance d(a, b) = 2 - 2·aᵀb (squared Euclidean distance of unit vectors);
+1. original distance d(a, b) = ‖a - b‖², each row then divided by its maximum over the
+   (k+1) vectors (``norm="row_max"``, the reference's; ``norm="none"`` keeps d unscaled);
 2. R(p, k1): the k-reciprocal neighbours of p — members of p's k1 nearest (itself included)
    that also have p among their own k1 nearest;
 3. expansion: for each c in R(p, k1), R(c, round(k1/2)) is added when more than 2/3 of it
@@ -13,9 +17,9 @@ top ``k`` shortlist vectors only — an (k+1)×(k+1) problem, never N×N:
 6. Jaccard distance d_J(q, g) = 1 - Σ min(V_q, V_g) / Σ max(V_q, V_g);
 7. final distance = (1 - λ)·d_J + λ·d.
 
-Unlike the reference implementation, d is not divided by each row's maximum: on unit vectors it
-already lies in [0, 4], and a per-shortlist maximum would make λ's balance depend on whichever
-image happens to be last in the shortlist.
+``round(k1/2)`` rounds half to even, as the reference's Python code does; its MATLAB code
+(evaluation/utils/re_ranking.m) takes round((k1+1)/2) - 1 others instead, which differs for odd
+k1 (not for the default 20).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from matchlens.components import in_range, positive_int
+from matchlens.components import in_range, one_of, positive_int
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
 
-__all__ = ["KReciprocal", "k_reciprocal_distance"]
+__all__ = ["NORMS", "KReciprocal", "k_reciprocal_distance"]
+
+NORMS = ("row_max", "none")  # row_max: the reference code's scaling of the original distance
 
 
 @RERANKERS.register("kr")
@@ -39,12 +45,13 @@ class KReciprocal(Reranker):
     shifted down by one constant where needed so the whole list stays non-increasing.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3}
+    defaults: ClassVar[dict[str, Any]] = {"k": 100, "k1": 20, "k2": 6, "lambda_": 0.3, "norm": "row_max"}
 
     def validate(self) -> None:
         for key in ("k", "k1", "k2"):
             self.check(key, positive_int)
         self.check("lambda_", in_range, 0.0, 1.0)
+        self.check("norm", one_of, NORMS)
 
     def rerank(self, query: QueryInput, shortlist: Shortlist, ctx: RerankContext) -> Shortlist:
         """The head re-sorted by final distance, then the tail unchanged."""
@@ -54,7 +61,8 @@ class KReciprocal(Reranker):
             return shortlist
         vectors = np.vstack([np.asarray(query.vector, dtype=np.float64)[None, :],
                              np.asarray(ctx.vectors[head], dtype=np.float64)])
-        distance = k_reciprocal_distance(vectors, self.config["k1"], self.config["k2"], float(self.config["lambda_"]))
+        c = self.config
+        distance = k_reciprocal_distance(vectors, c["k1"], c["k2"], float(c["lambda_"]), row_max=c["norm"] == "row_max")
         order = np.argsort(distance, kind="stable")
         head_scores = (1.0 - distance[order]).astype(np.float32)
         tail_rows, tail_scores = shortlist.rows[len(head):], shortlist.scores[len(head):]
@@ -63,9 +71,16 @@ class KReciprocal(Reranker):
         return Shortlist(np.concatenate([head[order], tail_rows]), np.concatenate([head_scores, tail_scores]))
 
 
-def k_reciprocal_distance(vectors: np.ndarray, k1: int, k2: int, lambda_: float) -> np.ndarray:
-    """Final distances from row 0 (the query) to rows 1.. of ``vectors`` ((m+1, d), unit rows)."""
-    original = np.maximum(2.0 - 2.0 * (vectors @ vectors.T), 0.0)
+def k_reciprocal_distance(vectors: np.ndarray, k1: int, k2: int, lambda_: float, row_max: bool = True) -> np.ndarray:
+    """Final distances from row 0 (the query) to rows 1.. of ``vectors`` ((m+1, d)).
+
+    ``row_max``: divide each row of the squared distances by its maximum, as the reference code
+    does (it changes the encoding weights and the λ term, not the neighbour ranks).
+    """
+    original = _squared_distances(vectors)
+    if row_max:
+        top = original.max(axis=1, keepdims=True)
+        original = original / np.where(top > 0, top, 1.0)  # all-identical vectors: nothing to scale
     rank = _initial_rank(original)
     encoding = _local_expansion(_encoding(original, rank, k1), rank, k2)
     query = encoding[0]
@@ -73,6 +88,12 @@ def k_reciprocal_distance(vectors: np.ndarray, k1: int, k2: int, lambda_: float)
     union = np.maximum(query, encoding[1:]).sum(axis=1)  # > 0: every set holds its own row
     jaccard = 1.0 - overlap / union
     return (1.0 - lambda_) * jaccard + lambda_ * original[0, 1:]
+
+
+def _squared_distances(vectors: np.ndarray) -> np.ndarray:
+    """‖a - b‖² of every pair of rows, clipped at 0 (rounding can make a duplicate's slightly negative)."""
+    norms = np.einsum("ij,ij->i", vectors, vectors)
+    return np.maximum(norms[:, None] + norms[None, :] - 2.0 * (vectors @ vectors.T), 0.0)
 
 
 def _initial_rank(original: np.ndarray) -> np.ndarray:
