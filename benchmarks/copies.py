@@ -17,7 +17,9 @@ evidence (see ``choose_thresholds``) and written into the package with the numbe
 images and oxford5k_subset distractors. Per original three copies with 1-2 regions (cells of the
 regional layout) replaced by texture from another original, recoloured, mirrored, mosaic or
 pasted text, plus mild global jitter; four categories (a hash of the original's name) with
-different edit distributions. The copies query a gallery of all originals: Top-10 / Top-20
+different edit distributions over both the edit and the cell edited (as PS-Net's Table 1: each
+category is plagiarised mostly in its own regions; category c edits the cells whose index ≡ c
+(mod 4) eight times as often as the others). The copies query a gallery of all originals: Top-10 / Top-20
 (share of queries whose original is in the first 10 / 20) and mAP (one positive each). λ is fitted
 on the copies of 60% of the originals and tested on the other 40%. Rows: global rmac-ms (the
 index's descriptor), uniform-λ regional, learned-λ regional (the last two need the regional kind
@@ -165,11 +167,13 @@ def calibration_set(folder: Path, seed: int = 0) -> GeneratedSet:
 
 
 def _region_edits(rng: np.random.Generator, boxes: Sequence, source: Image.Image,
-                  weights: Sequence[float] | None = None) -> tuple[list[str], list, Image.Image]:
+                  weights: Sequence[float] | None = None,
+                  cell_weights: Sequence[float] | None = None) -> tuple[list[str], list, Image.Image]:
     from matchlens.copies.generate import REGION_EDITS
 
     count = int(rng.integers(1, 3))
-    cells = rng.choice(len(boxes), size=count, replace=False)
+    cell_p = None if cell_weights is None else np.asarray(cell_weights, float) / np.sum(cell_weights)
+    cells = rng.choice(len(boxes), size=count, replace=False, p=cell_p)
     p = None if weights is None else np.asarray(weights, float) / np.sum(weights)
     edits = [str(rng.choice(REGION_EDITS, p=p)) for _ in range(count)]
     return edits, [boxes[int(c)] for c in cells], source
@@ -378,6 +382,13 @@ def write_calibrated(chosen: dict, spec: str, images: int) -> None:
 
 #: (a)'s four categories: weights over REGION_EDITS (texture, region_recolour, region_mirror, mosaic, text).
 CATEGORIES = {0: (6, 1, 1, 1, 1), 1: (1, 5, 3, 1, 0), 2: (1, 1, 1, 6, 1), 3: (2, 0, 1, 1, 6)}
+#: how much more often a category edits its own cells (index ≡ category mod 4) than the others
+OWN_CELL_WEIGHT = 8.0
+
+
+def category_cells(category: int, cells: int) -> list[float]:
+    """(a)'s weights over the layout's cells for one category: its own cells OWN_CELL_WEIGHT, others 1."""
+    return [OWN_CELL_WEIGHT if c % len(CATEGORIES) == category else 1.0 for c in range(cells)]
 
 
 def real_originals(distractors: int, per_landmark: int) -> tuple[list[Path], dict[str, str], list[Path]]:
@@ -422,7 +433,8 @@ def plagiarism_set(folder: Path, originals: list[Path], pool: list[Path], near_p
         image = Image.open(path).convert("RGB")
         for j in range(3):
             source = Image.open(pool[(i + 7 * j) % len(pool)]).convert("RGB")
-            edits, chosen, _ = _region_edits(rng, boxes, source, CATEGORIES[category])
+            edits, chosen, _ = _region_edits(rng, boxes, source, CATEGORIES[category],
+                                             category_cells(category, len(boxes)))
             made.add(partial_copy(image, rng, edits, chosen, source), folder, f"{stem}-partial{j}", stem,
                      "partial:" + "+".join(edits), category)
         for j in range(near_per_original):
@@ -438,29 +450,48 @@ def split_families(made: GeneratedSet, train_share: float = 0.6, seed: int = 0) 
     return set(rng.permutation(families)[: round(train_share * len(families))].tolist())
 
 
-def retrieval_rows(index: Any, made: GeneratedSet, train: set[str], lambdas: dict[int, np.ndarray] | None) -> list[dict]:
-    """(a): partial copies of the test originals query the gallery of all originals."""
+def retrieval_rows(index: Any, made: GeneratedSet, train: set[str],
+                   lambdas: dict[str, dict[int, np.ndarray] | None], extra: Any = None) -> list[dict]:
+    """(a): partial copies of the test originals query the gallery of all originals (plus, with
+    ``extra``, every image of that index that is not an original: negatives, same pipeline)."""
     from matchlens.copies import open_regions
 
     rows = rows_by_path(index)
     gallery = [i for i in made.items if i.role == "original"]
     queries = [i for i in made.items if i.role.startswith("partial:") and i.family not in train]
     g_rows = np.array([rows[str(i.path)] for i in gallery])
-    truth = np.array([[q.family == g.family for g in gallery] for q in queries])
     vectors = np.asarray(index.vectors())
     q_rows = np.array([rows[str(q.path)] for q in queries])
-    out = [_ranking_row("global rmac-ms (cosine)", vectors[q_rows] @ vectors[g_rows].T, truth)]
+    x_rows = _extra_rows(extra, {i.path.name for i in gallery})
+    truth = np.array([[q.family == g.family for g in gallery] + [False] * len(x_rows) for q in queries])
+    x_vectors = np.asarray(extra.vectors())[x_rows] if len(x_rows) else np.zeros((0, vectors.shape[1]))
+    scores = np.hstack([vectors[q_rows] @ vectors[g_rows].T, vectors[q_rows] @ x_vectors.T])
+    out = [_ranking_row("global rmac-ms (cosine)", scores, truth)]
     view = open_regions(index)
-    if view is None:
-        print("(a) regional rows skipped: the index has no regional kind (matchlens encode IDX --kind regional)")
+    x_view = open_regions(extra) if extra is not None else None
+    if view is None or (extra is not None and x_view is None):
+        print("(a) regional rows skipped: an index has no regional kind (matchlens encode IDX --kind regional)")
         return out
     per_region = _region_scores(view, q_rows, g_rows)  # (R, Q, G)
+    if len(x_rows):
+        q = np.stack([np.asarray(view.vectors(int(r))) for r in q_rows])
+        x = np.stack([np.asarray(x_view.vectors(int(r))) for r in x_rows])
+        per_region = np.concatenate([per_region, np.einsum("qrd,grd->rqg", q, x)], axis=2)
     uniform = per_region.mean(0)
     out.append(_ranking_row("regional, uniform λ", uniform, truth))
-    if lambdas is not None:
-        weights = np.stack([lambdas[q.category] for q in queries])  # (Q, R)
-        out.append(_ranking_row("regional, learned λ (per category)", np.einsum("qr,rqg->qg", weights, per_region), truth))
+    for objective, fitted in lambdas.items():
+        if fitted is not None:
+            weights = np.stack([fitted[q.category] for q in queries])  # (Q, R)
+            out.append(_ranking_row(f"regional, learned λ (per category, --objective {objective})",
+                                    np.einsum("qr,rqg->qg", weights, per_region), truth))
     return out
+
+
+def _extra_rows(extra: Any, originals: set[str]) -> np.ndarray:
+    """Rows of ``extra`` (an index of the same pipeline) whose file is not one of the originals."""
+    if extra is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.array(sorted(row for path, row in rows_by_path(extra).items() if Path(path).name not in originals))
 
 
 def _region_scores(view: Any, q_rows: np.ndarray, g_rows: np.ndarray) -> np.ndarray:
@@ -477,7 +508,8 @@ def _ranking_row(name: str, scores: np.ndarray, truth: np.ndarray) -> dict:
             "Top-20": round(float(np.mean(first <= 20)), 4), "mAP": round(float(np.mean(1.0 / first)), 4)}
 
 
-def fit_lambdas(index: Any, made: GeneratedSet, train: set[str], work: Path) -> dict[int, np.ndarray] | None:
+def fit_lambdas(index: Any, made: GeneratedSet, train: set[str], work: Path,
+                objective: str = "paper") -> dict[int, np.ndarray] | None:
     """λ per category with ``matchlens fit-regions`` on triplets of the training originals' copies:
     (copy, its original, each of the 3 other originals nearest to the copy by global cosine)."""
     import subprocess
@@ -497,9 +529,9 @@ def fit_lambdas(index: Any, made: GeneratedSet, train: set[str], work: Path) -> 
             lines += [f"{item.path},{positive.path},{n.path},{item.category}" for n in negatives]
     pairs = work / "triplets.csv"
     pairs.write_text("\n".join(lines) + "\n")
-    out = work / "lambdas.json"
+    out = work / f"lambdas-{objective}.json"
     command = [sys.executable, "-m", "matchlens.cli", "fit-regions", str(index.root), str(pairs), "--category-column",
-               "category", "--out", str(out), "-q"]
+               "category", "--out", str(out), "--objective", objective, "-q"]
     done = subprocess.run(command, capture_output=True, text=True)
     view = open_regions(index)
     if done.returncode != 0 or view is None:
@@ -508,7 +540,8 @@ def fit_lambdas(index: Any, made: GeneratedSet, train: set[str], work: Path) -> 
         return None
     weights = view.read_weights(out)
     fitted = {int(c): np.asarray(weights.for_category(str(c)), np.float64) for c in CATEGORIES}
-    print("(a) learned λ per category:", {c: np.round(w, 3).tolist() for c, w in fitted.items()}, "regions", view.names)
+    print(f"(a) learned λ per category (--objective {objective}):",
+          {c: np.round(w, 3).tolist() for c, w in fitted.items()}, "regions", view.names)
     return fitted
 
 
@@ -774,6 +807,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000, help="(d): synthetic vectors")
     parser.add_argument("--layout", default=GRID, help="(a)/(b): region layout of the partial copies and of the "
                         "regional kind (grid3x3: 1-2 ninths replaced; grid2x2: 1-2 quarters, a harder protocol)")
+    parser.add_argument("--extra-gallery", type=Path, help="(a): an index of the same pipeline (and regional kind) whose "
+                        "images, except the originals, join the gallery as negatives (e.g. a copy of "
+                        "bench-out/oxford5k_subset after matchlens encode --kind regional --params layout=grid2x2)")
     parser.add_argument("--near-copies", type=int, default=2, help="(b): near copies per original")
     parser.add_argument("-k", type=int, default=10, help="neighbours per image")
     parser.add_argument("--out", type=Path, help="write the result tables (markdown) here")
@@ -793,9 +829,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         encode_regional(index)
         if "a" in parts:
             train = split_families(made)
-            lambdas = fit_lambdas(index, made, train, args.work / "plagiarism")
-            tables["(a) plagiarism protocol: partial copies of the 40% test originals query all originals"] = (
-                retrieval_rows(index, made, train, lambdas))
+            lambdas = {o: fit_lambdas(index, made, train, args.work / "plagiarism", o) for o in ("paper", "pooled")}
+            extra = None
+            if args.extra_gallery is not None:
+                import matchlens.api as api
+
+                extra = api.open_index(args.extra_gallery)
+                if extra.spec.describe() != index.spec.describe():
+                    parser.error(f"--extra-gallery {args.extra_gallery} was built with another pipeline")
+            title = "(a) plagiarism protocol: partial copies of the 40% test originals query all originals"
+            tables[title + (f" + {args.extra_gallery.name}'s other images" if extra else "")] = (
+                retrieval_rows(index, made, train, lambdas, extra))
             print_rows("(a)", tables[next(reversed(tables))])
         if "b" in parts:
             tables["(b) duplicate groups: pair precision / recall"] = group_rows(index, made, scene, args.imagededup_path)
