@@ -140,9 +140,9 @@ def evaluate_dataset(
 def train(config: "TrainConfig", progress: ProgressFactory | None = None, log=None) -> "TrainResult":
     """Fine-tune a backbone + GeM for retrieval (``matchlens train``); resumes an interrupted run in
     ``config.out``. Returns the best checkpoint (loadable with ``--weights``), history and curve."""
-    from matchlens.train import train as run_training
+    from matchlens.train.moco import train_selfsup  # the trainer's run, with MoCo's step when selfsup == "moco"
 
-    return run_training(config, progress=progress, log=log)
+    return train_selfsup(config, progress=progress, log=log)
 
 
 

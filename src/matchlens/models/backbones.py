@@ -38,13 +38,14 @@ from torch import nn
 from torchvision.models import vgg as tv_vgg
 
 from matchlens.errors import ConfigError, WeightsError
-from matchlens.models import cirtorch, onnx_graph
+from matchlens.models import checkpoints, cirtorch, onnx_graph
 from matchlens.models.weights import (
     StateDict,
     check_weights_path,
     extract_state_dict,
     load_checked,
     read_checkpoint,
+    split_layout,
     weights_id,
 )
 from matchlens.registry import Registry
@@ -291,7 +292,8 @@ def _timm_arch(arch: str) -> str:
 
 def _read_user_checkpoint(weights: str | os.PathLike[str]) -> _Checkpoint:
     path = check_weights_path(weights)
-    content = read_checkpoint(path)
+    # A self-supervised learner (MoCo, SimCLR, BYOL, DINO, ``FILE#LAYOUT``) becomes its encoder.
+    content = checkpoints.convert_checkpoint(read_checkpoint(path), path, split_layout(weights)[1])
     return _Checkpoint(path=path, content=content, weights_id=weights_id(path))
 
 

@@ -42,9 +42,20 @@ def weights_id(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def split_layout(weights: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """``FILE#LAYOUT`` → (FILE, LAYOUT); anything else → (weights, None). A file whose own name
+    holds ``#`` keeps it (the split applies only when the whole text is not a file)."""
+    text = os.fspath(weights)
+    base, sep, layout = text.rpartition("#")
+    if not sep or not base or not layout or "/" in layout or os.sep in layout or Path(text).expanduser().exists():
+        return text, None
+    return base, layout
+
+
 def check_weights_path(weights: str | os.PathLike[str]) -> Path:
-    """Return ``weights`` as a Path, raising WeightsError if it is not an existing file."""
-    path = Path(weights).expanduser()
+    """Return ``weights`` as a Path, raising WeightsError if it is not an existing file
+    (a ``#LAYOUT`` suffix, :mod:`matchlens.models.checkpoints`, is not part of the path)."""
+    path = Path(split_layout(weights)[0]).expanduser()
     if not path.exists():
         raise WeightsError(f"weights file {path} does not exist; check the --weights path")
     if not path.is_file():

@@ -27,7 +27,7 @@ CHECKPOINT_FORMAT = 1
 LAST, BEST, TRAINSET, HISTORY, CURVE = "last.pt", "best.pt", "trainset.json", "history.json", "curve.png"
 # Fields that must not change when a run is resumed (the others, e.g. epochs, may be raised).
 FIXED_ON_RESUME = ("data", "positives", "backbone", "weights", "max_side", "loss", "negatives", "tuples",
-                   "batch", "optimizer", "seed", "train_groups", "holdout_groups")
+                   "batch", "optimizer", "seed", "train_groups", "holdout_groups", "selfsup", "regions")
 # The run's progress kept in last.pt's "training" entry (besides the model, optimizer, scheduler and RNG).
 PROGRESS_KEYS = ("epoch", "step", "history", "best_map", "best_epoch")
 
