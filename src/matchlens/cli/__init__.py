@@ -25,6 +25,11 @@ from matchlens.cli import kinds  # noqa: F401
 from matchlens.cli import localization  # noqa: F401
 from matchlens.cli import regional  # noqa: F401
 from matchlens.cli import copies  # noqa: F401
+from matchlens.cli import quality  # noqa: F401
+from matchlens.cli import recognition  # noqa: F401
+from matchlens.cli import relations  # noqa: F401
+from matchlens.cli import queries  # noqa: F401
+from matchlens.cli import text_queries  # noqa: F401
 from matchlens.cli.common import app, err, out, progress_factory
 
 __all__ = ["app", "err", "main", "out", "progress_factory"]
@@ -57,6 +62,12 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
     "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
     "encodings": ("matchlens.regional.kind", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
     "normalisers": ("matchlens.fusion", "NORMALISERS"), "metrics": ("matchlens.evidence.tensor", "METRICS"),
+    "samplers": ("matchlens.train.sampling", "SAMPLERS"), "recognizers": ("matchlens.recognize.heads", "METHODS"),
+    "objectives": ("matchlens.regional.fit", "OBJECTIVES"), "selfsups": ("matchlens.train.selfsup", "METHODS"),
+    "relation_parts": ("matchlens.queries.relations", "QUERY_PARTS"),
+    "composers": ("matchlens.queries.composers", "COMPOSERS"),
+    "text_encoders": ("matchlens.queries.textenc", "TEXT_ENCODERS"),
+    "composer_losses": ("matchlens.queries.composer_losses", "COMPOSER_LOSSES"),
     "registration": ("matchlens.localize.presets", "PRESETS"), "contrasts": ("matchlens.local.features", "CONTRASTS"),
 }
 

@@ -37,6 +37,9 @@ def index(
     train_size: Optional[int] = typer.Option(None, "--train-size", min=1, help="Vectors sampled to train IVF/PQ (default 100000)."),
     backend_params: Optional[str] = typer.Option(None, "--backend-params", help="Search parameters, e.g. nprobe=32,refine=8 (faiss: nprobe, efSearch, refine; milvus: nprobe, ef, refine, batch, collection)."),
     dask: Optional[str] = typer.Option(None, "--dask", help="Extract on the workers of this Dask scheduler, e.g. tcp://10.0.0.5:8786."),
+    bn_recalibrate: Optional[int] = typer.Option(None, "--bn-recalibrate", min=1, help=(
+        "Re-estimate the backbone's BatchNorm statistics on N images of SOURCE first (P4); the network is "
+        "stored in the index, so searches and exports use it.")),
 ) -> None:
     """Index SOURCE into --index DIR (resumes an interrupted run; unchanged images are reused)."""
     from matchlens.api import build_index_report
@@ -47,10 +50,25 @@ def index(
     spec = _spec_options(preset, backbone, weights, max_side, scales, pooling, pooling_params, whitening,
                          whitening_params, whitening_source)
     chosen = _backend_option(backend, factory, uri, train_size, backend_params)
+    if bn_recalibrate:
+        spec = _bn_recalibrated(spec, source, index_dir, bn_recalibrate, quiet)
     with _runtime(runtime), progress_factory(not quiet) as progress:
         idx, report = build_index_report(source, index_dir, spec, rebuild=rebuild, progress=progress,
                                           dba=_dba_option(dba), backend=chosen, dask=dask, replace=replace)
     _print_report(idx, report)
+
+
+def _bn_recalibrated(spec, source, index_dir: str, images: int, quiet: bool):
+    """The spec whose weights are its backbone with BatchNorm re-estimated on ``images`` of SOURCE."""
+    from matchlens.errors import ConfigError
+    from matchlens.io.collection import scan_many
+    from matchlens.pipeline.index import as_paths
+    from matchlens.train.bn_recalibrate import recalibrated_spec
+
+    if spec.whitening == "lw":
+        raise ConfigError("--bn-recalibrate cannot be combined with whitening lw: Lw was learned with the checkpoint's statistics")
+    with progress_factory(not quiet) as progress:
+        return recalibrated_spec(spec, scan_many(as_paths(source)), images, index_dir, progress)
 
 
 def _backend_option(name, factory, uri, train_size, params_text):

@@ -39,6 +39,11 @@ def train_command(
     save_every: int = typer.Option(0, "--save-every", help="Also checkpoint every N optimizer steps (0: each epoch)."),
     knn: int = typer.Option(5, help="sv/manifold: nearest neighbours checked per image."),
     min_inliers: int = typer.Option(20, "--min-inliers", help="sv: inliers that confirm a pair."),
+    regions: Optional[str] = typer.Option(None, "--regions", help="Per-region fine-tuning (PS-Net eq. 2): the tuple loss summed over this fixed layout's regions (garment5, grid2x2, grid3x3: the cells the regional kind pools)."),
+    sampler: str = typer.Option("uniform", "--sampler", help="How tuples' queries are drawn: {samplers} (reversed: BBN's P ∝ N_max/N_group, landmarks with few images drawn more often)."),
+    selfsup: str = typer.Option("simclr", "--selfsup", help="selfsup: {selfsups} (simclr: NT-Xent in the batch; moco: MoCo v2, momentum encoder, queue, MLP head)."),
+    queue: int = typer.Option(4096, "--queue", help="selfsup moco: keys kept as negatives."),
+    moco_momentum: float = typer.Option(0.999, "--moco-momentum", help="selfsup moco: key encoder momentum m."),
     seed: int = typer.Option(0, help="Random seed."),
     threads: Optional[int] = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
     restart: bool = typer.Option(False, "--restart", help="Discard an existing run in --out instead of resuming it."),
@@ -57,7 +62,8 @@ def train_command(
         weights=str(Path(weights).expanduser().resolve()) if weights else None, max_side=max_side, loss=loss,
         margin=margin, negatives=negatives, tuples=tuples, batch=batch, epochs=epochs, remine=remine,
         pool_size=pool_size, optimizer=optimizer, lr=lr, bn=bn, lw=lw, save_every=save_every, seed=seed, threads=threads,
-        knn=knn, min_inliers=min_inliers)
+        knn=knn, min_inliers=min_inliers, sampler=sampler, regions=regions,
+        selfsup=selfsup, queue=queue, moco_momentum=moco_momentum)
     if restart:  # after the options were validated: a typo must not delete a run
         for name in ("last.pt", "best.pt", "trainset.json", "history.json", "curve.png"):
             (out_dir / name).unlink(missing_ok=True)

@@ -41,6 +41,9 @@ from matchlens.evidence.local import MAX_KEYPOINTS, MAX_SIDE
 from matchlens.service.hosts import HostAllowList, default_allowed_hosts, normalise
 from matchlens.service.live import LiveIndex, NotFound, Snapshot
 from matchlens.service.localize import MapInfo, MapService, install_localize_routes
+from matchlens.service.relation import RelationInfo, RelationService, install_relation_routes
+from matchlens.service.text import install_text_routes, load_text_model
+from matchlens.service.identify import identified, load_identifier
 from matchlens.service.query import evidence_query, regional_search, timed_search
 from matchlens.regional import regional_kind_names
 from matchlens.regional.search import RegionalPlan
@@ -53,6 +56,13 @@ MAX_K = 1000
 # The page may load only what this server serves (a CDN reference would be refused, and seen).
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 _STATUS = {BoxError: 400, ConfigError: 400, SourceError: 400, ImageLoadError: 400, IndexError_: 409}
+
+
+def _query_quality(index, data: bytes, box) -> dict | None:
+    """The query's predicted quality and warning when the index has a quality model (else None)."""
+    from matchlens.quality.query import service_quality
+
+    return service_quality(index, data, box)
 
 
 class WriteForbidden(MatchlensError):
@@ -110,6 +120,11 @@ class SearchResponse(BaseModel):
     generation: str
     index_size: int
     regional: RegionalInfo | None = Field(default=None, description="The regional ranking, with regional=true.")
+    modify: str | None = Field(default=None, description="The modification text the query was composed with (modify=...).")
+    quality: dict | None = Field(default=None, description="With a quality model in the index (matchlens train-quality): "
+                                 "predicted_ap, low, threshold, issues, estimates and a warning when the query's quality is low.")
+    identified: dict | None = Field(default=None, description="With serve --identify: the predicted class (label, "
+                                    "confidence, uncertain, source recognizer|knn, top).")
 
 
 class EvidenceInfo(BaseModel):
@@ -134,6 +149,10 @@ class IndexInfo(BaseModel):
     map: MapInfo | None = Field(default=None, description="The map POST /localize uses (None: started without --map).")
     version: str
     regional_kinds: list[str] = Field(default=[], description="Regional kinds stored with the index (POST /search regional=true).")
+    composer: str | None = Field(default=None, description="The composer loaded with --composer (POST /search modify=TEXT); None: none.")
+    relations: RelationInfo | None = Field(default=None, description="The relation model (POST /search/relation); None: none.")
+    text_model: bool = Field(default=False, description="True when started with --text-model: POST /search/text ranks by a sentence.")
+    identify: dict | None = Field(default=None, description="With serve --identify: the recognizer or kNN vote that names each query's class.")
 
 
 class Health(BaseModel):
@@ -165,7 +184,9 @@ class RemoveResponse(BaseModel):
 def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS, verifier: str | Path | None = None, *, host: str = "127.0.0.1",
                allowed_hosts: Iterable[str] = (), request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-               map_dir: str | Path | None = None) -> FastAPI:
+               map_dir: str | Path | None = None, composer: str | Path | None = None,
+               relation_model: str | Path | None = None,
+               text_model: str | Path | None = None, identify: str | None = None) -> FastAPI:
     """The FastAPI app serving the index at ``index_dir`` (opened and warmed now: one-line
     IndexError_ if it is missing). Without ``token`` the write endpoints are disabled.
     ``verifier`` (a ``matchlens train-verifier`` checkpoint, loaded now: one-line WeightsError if
@@ -178,7 +199,11 @@ def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes
     400. A test client must allow its own host: Starlette's TestClient sends ``testserver``.
     A request body must arrive within ``request_timeout`` seconds (408; None: no limit).
     ``map_dir`` (a ``matchlens map`` folder built with this index, opened now: one-line MapError
-    if it is damaged or was built for another index) enables ``POST /localize``."""
+    if it is damaged or was built for another index) enables ``POST /localize``. ``composer`` (a
+    ``matchlens train-composer`` model for this index, loaded now: one-line error otherwise)
+    enables ``modify`` on ``POST /search``: the query image composed with a text (TIRG).
+    ``relation_model`` (a ``matchlens train-relations`` model; default: the one stored with the
+    index, if any) enables ``POST /search/relation`` (:mod:`matchlens.service.relation`)."""
     allowed = tuple(dict.fromkeys([*default_allowed_hosts(host), *(normalise(h) for h in allowed_hosts)]))
     explainer = make_explainer(verifier)  # first: a bad checkpoint fails before the index is warmed
     live = LiveIndex(index_dir)
@@ -189,10 +214,16 @@ def create_app(index_dir: str | Path, token: str | None = None, max_upload_bytes
     gate = threading.BoundedSemaphore(settings.max_parallel)
     app = _new_app(max_upload_bytes, request_timeout)
     app.state.live, app.state.settings = live, settings
+    app.state.composer = _load_composer(composer, live)
+    app.state.relations = RelationService.open(live, relation_model)  # a bad model fails now, in one line
+    app.state.text_model = load_text_model(text_model, live)  # another pipeline's model fails now, in one line
+    app.state.identifier = load_identifier(identify, live)  # a recognizer for another backbone fails now, in one line
     _install_errors(app)
     _install_page(app)
     _install_read_routes(app, live, settings, explainer, gate, scene_map)
     install_localize_routes(app, live, scene_map, gate, settings.max_upload_bytes, settings.max_pixels)
+    install_relation_routes(app, live, app.state.relations)
+    install_text_routes(app, live, app.state.text_model)
     _install_write_routes(app, live, settings)
     app.add_middleware(HostAllowList, allowed=allowed)  # last added, outermost: before anything else runs
     return app
@@ -279,7 +310,11 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
             writable=settings.token is not None,
             limits={"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels, "max_k": MAX_K},
             version=__version__, map=scene_map.info() if scene_map is not None else None,
-            regional_kinds=regional_kind_names(index))
+            regional_kinds=regional_kind_names(index),
+            composer=app.state.composer.name if app.state.composer is not None else None,
+            relations=app.state.relations.info() if app.state.relations is not None else None,
+            text_model=app.state.text_model is not None,
+            identify=app.state.identifier.describe() if app.state.identifier is not None else None)
 
     @app.post("/search", response_model=SearchResponse, tags=["search"])
     def search(
@@ -289,17 +324,20 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
         rerank: Annotated[str | None, Form(description="Re-ranking chain, e.g. sv:k=50,aqe:k=2.")] = None,
         regional: Annotated[bool, Form(description="Rank by the regional kind (Σ_r cos / R over its regions) and "
                                                    "give each result's region similarities.")] = False,
+        modify: Annotated[str | None, Form(description="A modification text, e.g. 'make it red': the query is the "
+                                                       "image composed with it (needs serve --composer).")] = None,
     ) -> SearchResponse:
         """Rank the indexed images against an uploaded query, optionally inside a box."""
         snap = live.snapshot()
         parsed = parse_box(box) if box and box.strip() else None
         data, probe = _query_upload(image, settings)
         chain = rerank.strip() if rerank else None
+        modified = _modified(app.state.composer, snap, modify, regional)  # a bad text fails before decoding
         with gate:
             if regional:
                 found, plan, matches = regional_search(snap.index, data, probe, parsed, k, chain)
             else:
-                found, plan, matches = timed_search(snap.index, data, probe, parsed, k, chain), None, []
+                found, plan, matches = timed_search(snap.index, data, probe, parsed, k, chain, modified), None, []
         assert found.query_size is not None  # the uploaded query is decoded by the search
         results = [_result(h.id, h.rank, h.score, h.path) for h in found.results]
         for result, match in zip(results, matches):
@@ -309,7 +347,9 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
             results=results, timings_ms=found.timings_ms,
             box=list(parsed) if parsed else None, query_size=list(found.query_size), k=k, rerank=found.rerank,
             generation=snap.index.generation, index_size=snap.index.size,
-            regional=_regional_info(plan) if plan is not None else None)
+            regional=_regional_info(plan) if plan is not None else None, modify=modify if modified else None,
+            quality=_query_quality(snap.index, data, parsed),
+            identified=identified(app.state.identifier, data, parsed, found.results))
 
     @app.post("/explain", tags=["search"], response_class=Response,
               responses={200: {"content": {"image/png": {}}, "description": "Side-by-side evidence overlay."}})
@@ -351,6 +391,30 @@ def _install_read_routes(app: FastAPI, live: LiveIndex, settings: Settings, expl
         entry = live.snapshot().entry(image_id)
         return Response(media.thumbnail(entry, settings.max_pixels), media_type="image/jpeg",
                         headers={"ETag": f'"{entry.sha256}"', "Cache-Control": "private, max-age=60"})
+
+
+def _load_composer(path: str | Path | None, live: LiveIndex) -> Any:
+    """The composer model for ``modify`` (None without one); refused now if it is for another index."""
+    if path is None:
+        return None
+    from matchlens.queries.modify import load_composer  # deferred: imports torch
+
+    model = load_composer(path)
+    model.space.check(live.snapshot().index, path)
+    return model
+
+
+def _modified(model: Any, snap: Snapshot, modify: str | None, regional: bool) -> Any:
+    """The search pipeline composing the query with ``modify`` (None when no text was given)."""
+    if modify is None:
+        return None
+    if model is None:
+        raise ConfigError("this server has no composer: start it with 'matchlens serve IDX --composer MODEL' to use modify")
+    if regional:
+        raise ConfigError("modify ranks by the global descriptor: not with regional=true")
+    from matchlens.queries.modify import modified_pipeline  # deferred: imports torch
+
+    return modified_pipeline(snap.index, model, modify)
 
 
 def _regional_info(plan: RegionalPlan) -> RegionalInfo:

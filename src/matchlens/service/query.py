@@ -12,7 +12,7 @@ from PIL import Image
 
 from matchlens.io.images import load_image
 from matchlens.pipeline import Index, Query, SearchResponse
-from matchlens.pipeline.search import as_chain
+from matchlens.pipeline.search import SearchPipeline, as_chain
 from matchlens.regional import open_regional, read_weights
 from matchlens.regional.search import RegionalMatch, RegionalPlan, compare_results, rows_of, weigh
 from matchlens.service.uploads import Probe, decode_query, scale_box
@@ -21,8 +21,9 @@ __all__ = ["evidence_query", "regional_search", "timed_search"]
 
 
 def timed_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] | None, k: int,
-                 rerank: str | None) -> SearchResponse:
-    """Rank ``index`` against the uploaded image ``data`` (already probed), optionally in ``box``.
+                 rerank: str | None, pipeline: SearchPipeline | None = None) -> SearchResponse:
+    """Rank ``index`` against the uploaded image ``data`` (already probed), optionally in ``box``,
+    through ``pipeline`` (default: the index's own; a composed one for ``modify``).
 
     Raises the usual one-line errors: ConfigError for a bad chain (checked before any work),
     BoxError for a box off the image, ImageLoadError for undecodable data.
@@ -32,7 +33,7 @@ def timed_search(index: Index, data: bytes, probe: Probe, box: Sequence[float] |
     full, image, _ = decode_query(index.extractor, data, probe, box)
     decoded = 1000 * (time.perf_counter() - start)
     # The hash of the bytes: the same local-feature cache key as a search of the file gives.
-    answer = index.pipeline.run(Query(image, sha256=hashlib.sha256(data).hexdigest()), k, chain)
+    answer = (pipeline or index.pipeline).run(Query(image, sha256=hashlib.sha256(data).hexdigest()), k, chain)
     answer.timings_ms["decode"] = round(decoded + answer.timings_ms.get("decode", 0.0), 3)
     answer.timings_ms["total"] = round(1000 * (time.perf_counter() - start), 3)
     answer.query_size = full.size

@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import h11
 import uvicorn
@@ -55,7 +55,9 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
           on_ready: Callable[[str], None] | None = None, log_level: str = "warning",
           verifier: str | Path | None = None, allowed_hosts: Iterable[str] = (),
           request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
-          keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT, map_dir: str | Path | None = None) -> None:
+          keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT, map_dir: str | Path | None = None,
+          composer: str | Path | None = None, text_model: str | Path | None = None,
+          identify: str | None = None) -> None:
     """Serve the index at ``index_dir`` until SIGINT/SIGTERM; ``on_ready(url)`` is called once the
     socket listens. ``port`` 0 picks a free port; ``verifier`` is a checkpoint for the evidence view.
     ``allowed_hosts`` extends the Host allow-list (see :mod:`matchlens.service.hosts`);
@@ -64,11 +66,12 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
     (a ``matchlens map`` folder built with this index) enables ``POST /localize``."""
     from matchlens.service.app import create_app
 
-    options = {k: v for k, v in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)) if v}
+    options: dict[str, Any] = {k: v for k, v in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)) if v}
     sock = bind(host, port)  # first: a taken port fails at once, before the model loads
     try:
         app = create_app(index_dir, token=token, verifier=verifier, host=host, allowed_hosts=allowed_hosts,
-                         request_timeout=request_timeout, map_dir=map_dir, **options)
+                         request_timeout=request_timeout, map_dir=map_dir, composer=composer, text_model=text_model,
+                         identify=identify, **options)
     except BaseException:
         sock.close()
         raise

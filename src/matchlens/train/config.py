@@ -16,6 +16,9 @@ from matchlens.config import DEFAULT_BACKBONE
 from matchlens.errors import ConfigError, MatchlensError
 from matchlens.train.losses import LOSSES
 from matchlens.train.model import BN_MODES
+from matchlens.train.regions import layout_boxes
+from matchlens.train.sampling import SAMPLERS
+from matchlens.train.selfsup import METHODS
 
 __all__ = ["POSITIVE_SOURCES", "ProgressFactory", "TrainConfig", "TrainResult", "TrainingInterrupted"]
 
@@ -70,11 +73,22 @@ class TrainConfig:
     crop: int = 128
     temperature: float = 0.1
     threads: int | None = None
+    selfsup: str = "simclr"  # --positives selfsup: simclr | moco (matchlens.train.selfsup.METHODS)
+    queue: int = 4096  # MoCo: keys kept as negatives
+    moco_momentum: float = 0.999  # MoCo: key encoder θ_k ← m·θ_k + (1-m)·θ_q
+    moco_temperature: float = 0.2  # MoCo v2's τ (SimCLR uses ``temperature``)
+    regions: str | None = None  # a fixed region layout: the tuple loss summed over its regions (train/regions.py)
+    sampler: str = "uniform"  # which tuples' queries are drawn: matchlens.train.sampling.SAMPLERS
 
     def __post_init__(self) -> None:
         if self.positives not in POSITIVE_SOURCES:
             raise ConfigError(f"unknown positives source {self.positives!r}; choose one of: {', '.join(POSITIVE_SOURCES)}")
         LOSSES.get(self.loss)
+        SAMPLERS.get(self.sampler)
+        if self.regions is not None:
+            if self.positives == "selfsup":
+                raise ConfigError("--regions trains on tuples; self-supervised training has none")
+            layout_boxes(self.regions)  # a clear error for an unknown or per-image layout
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
         if self.bn not in BN_MODES:
@@ -84,6 +98,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 32 <= self.max_side <= 4096:
             raise ConfigError(f"max_side must be from 32 to 4096, got {self.max_side}")
+        METHODS.get(self.selfsup)
+        if self.selfsup == "moco" and self.positives != "selfsup":
+            raise ConfigError("--selfsup moco trains on two views of each image: add --positives selfsup")
+        if self.selfsup == "moco" and not (self.queue >= 1 and 0 <= self.moco_momentum < 1 and self.moco_temperature > 0):
+            raise ConfigError("MoCo needs --queue >= 1, 0 <= --moco-momentum < 1 and a positive temperature")
         if self.positives == "selfsup" and self.batch < 2:
             raise ConfigError("self-supervised training needs --batch of at least 2 images")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):

@@ -41,6 +41,8 @@ from matchlens.train.mining import mine_negatives
 from matchlens.train.model import ImageStore, RetrievalNet, describe, reestimate_batchnorm, set_batchnorm_mode
 from matchlens.train.persist import load_trainset, plot_curve, save_trainset
 from matchlens.train.positives import TrainingSet
+from matchlens.train.regions import layout_boxes, region_descriptors, regional_tuple_loss
+from matchlens.train.sampling import example_probabilities
 from matchlens.train.validation import ValidationSet
 from matchlens.whitening.learned import LearnedWhitening
 
@@ -72,6 +74,7 @@ class _Trainer:
         backbone = load_backbone(config.backbone, config.weights)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = RetrievalNet(backbone, config.gem_p, config.learn_p).to(self.device)
+        self.regions = layout_boxes(config.regions) if config.regions else None  # per-region loss (PS-Net eq. 2)
         self.store = ImageStore(config.max_side)
         self.optimizer = _optimizer(self.model, config)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=math.exp(-0.01))
@@ -145,11 +148,18 @@ class _Trainer:
         for offset, (q, p) in enumerate(batch):
             negatives = self._negatives_for(epoch, start + offset, q)
             ids = [q, p, *negatives]
-            descriptors = torch.cat([self.model(self.store.tensor(self.trainset.images[i]).unsqueeze(0)) for i in ids])
-            loss = tuple_loss(cfg.loss, descriptors, cfg.margin)
+            loss = self._tuple_loss([self.store.tensor(self.trainset.images[i]).unsqueeze(0) for i in ids])
             (loss / len(batch)).backward()  # gradients accumulate over the batch's tuples
             total += float(loss.detach())
         return total / len(batch)
+
+    def _tuple_loss(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """One tuple's loss: on whole-image descriptors, or summed over the layout's regions."""
+        cfg = self.config
+        if self.regions is not None:
+            regional = torch.cat([region_descriptors(self.model, image, self.regions) for image in images])
+            return regional_tuple_loss(cfg.loss, regional, cfg.margin)
+        return tuple_loss(cfg.loss, torch.cat([self.model(image) for image in images]), cfg.margin)
 
     # --- tuples and mining ---------------------------------------------------------------------
     def _epoch_items(self, epoch: int) -> list:
@@ -162,7 +172,9 @@ class _Trainer:
             return [int(i) for i in rng.choice(n, cfg.tuples, replace=cfg.tuples > n)]
         assert self.trainset is not None  # every mode but selfsup trains on tuples of a training set
         queries = self.trainset.queries
-        chosen = rng.choice(len(queries), cfg.tuples, replace=cfg.tuples > len(queries))
+        # --sampler reversed (BBN): queries of landmarks with few images are drawn more often
+        weights = None if cfg.sampler == "uniform" else example_probabilities(self.trainset.groups[queries], cfg.sampler)
+        chosen = rng.choice(len(queries), cfg.tuples, replace=cfg.tuples > len(queries), p=weights)
         positives = self.trainset.positives
         return [(queries[i], int(rng.choice(positives[queries[i]]))) for i in chosen]
 

@@ -116,6 +116,8 @@ function bindInputs() {
   $("clear-box").addEventListener("click", () => { state.box = null; $("box").value = ""; if (state.bitmap) draw(); });
   $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
   $("localize-form").addEventListener("submit", (e) => { e.preventDefault(); localize(); });
+  $("text-form").addEventListener("submit", (e) => { e.preventDefault(); searchText(); });
+  $("relation-form").addEventListener("submit", (e) => { e.preventDefault(); searchRelation(); });
 }
 
 // ---- talking to the API -------------------------------------------------------------------
@@ -144,18 +146,78 @@ async function search() {
   const rerank = $("auto-rerank").checked ? "auto" : $("rerank").value.trim();
   if (rerank) form.append("rerank", rerank);
   if ($("regional").checked) form.append("regional", "true");
+  const modify = $("modify-label").hidden ? "" : $("modify").value;
+  if (modify.trim()) form.append("modify", modify);
   $("search").disabled = true;
   showStatus("searching…");
   try {
     const response = await fetch("/search", { method: "POST", body: form });
     if (!response.ok) throw new Error(await errorText(response));
     const body = await response.json();
+    state.textQuery = false;
     showResults(body, rerank);
   } catch (err) {
     showStatus(err.message, true);
   } finally {
     $("search").disabled = false;
   }
+}
+
+async function searchText() {
+  // A sentence query (POST /search/text): no photo; the results cannot be explained against one.
+  const form = new FormData();
+  form.append("text", $("text-query").value);
+  form.append("k", $("k").value || "12");
+  const rerank = $("rerank").value.trim();
+  if (rerank) form.append("rerank", rerank);
+  $("text-search").disabled = true;
+  showStatus("searching by text…");
+  try {
+    const response = await fetch("/search/text", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    state.textQuery = true;
+    showResults(body, rerank);
+    showStatus(`${body.results.length} results from ${body.index_size} images for "${body.text}"` +
+               (rerank ? `, re-ranked by ${rerank}` : ""));
+  } catch (err) {
+    showStatus(err.message, true);
+  } finally {
+    $("text-search").disabled = false;
+  }
+}
+
+async function searchRelation() {
+  // A relation query (POST /search/relation): ranked by the images' scene graphs, no photo.
+  const form = new FormData();
+  form.append("relation", $("relation-query").value);
+  form.append("k", $("k").value || "12");
+  form.append("parts", $("relation-parts").value || "s+o");
+  $("relation-search").disabled = true;
+  showStatus("searching by relation…");
+  try {
+    const response = await fetch("/search/relation", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    state.textQuery = true; // no photo to explain the results against
+    showResults(body, "");
+    showStatus(`${body.results.length} results from ${body.index_size} images for "${body.relation}" (${body.parts})` +
+               (body.notes.length ? ` · ${body.notes.join(" · ")}` : ""));
+  } catch (err) {
+    showStatus(err.message, true);
+  } finally {
+    $("relation-search").disabled = false;
+  }
+}
+
+function showRelationVocabulary(relations) {
+  $("relation-form").hidden = !relations;
+  if (!relations) return;
+  const [a, b] = [relations.categories[0], relations.categories[1] || relations.categories[0]];
+  const options = relations.predicates.map((p) => new Option("", `${a} ${p} ${b}`));
+  $("relation-options").replaceChildren(...options);
+  $("relation-parts").replaceChildren(...relations.parts.map((p) => new Option(p, p, p === "s+o", p === "s+o")));
+  $("relation-vocabulary").textContent = `objects: ${relations.categories.join(", ")}`;
 }
 
 function showResults(body, rerank) {
@@ -189,15 +251,33 @@ function showResults(body, rerank) {
     card.addEventListener("keydown", (e) => { if (e.key === "Enter") explain(card, r); });
     list.append(card);
   }
+  const warning = body.quality && body.quality.warning; // the index's quality model says this query is weak
+  $("quality-warning").textContent = warning ? `⚠ ${warning}` : "";
+  $("quality-warning").hidden = !warning;
+  showIdentified(body.identified); // serve --identify: the predicted class above the results
   const t = body.timings_ms;
   showStatus(`${body.results.length} results from ${body.index_size} images` +
              (body.box ? ` (box ${body.box.map(Math.round).join(",")})` : "") + (rerank ? `, re-ranked by ${rerank}` : "") +
-             (body.regional ? `, by regions (${body.regional.layout})` : ""));
+             (body.regional ? `, by regions (${body.regional.layout})` : "") +
+             (body.modify ? `, modified by "${body.modify}"` : ""));
   const ms = (key) => (t[key] ?? 0).toFixed(1); // a regional search describes the query inside its search step
   $("timings").textContent = `decode ${ms("decode")} ms · extract ${ms("extract")} ms · ` +
     `search ${ms("search")} ms · rerank ${ms("rerank")} ms · total ${ms("total")} ms`;
   state.regions = body.regional ? { boxes: body.regional.query_boxes, labels: body.regional.labels, frame: body.box } : null;
   if (state.bitmap) draw();
+}
+
+// ---- serve --identify: "retrieve, then identify" -------------------------------------------------
+function showIdentified(id) {
+  const line = $("identified");
+  line.hidden = !id;
+  if (!id) return;
+  const others = (id.top || []).slice(1).map((c) => `${c.label} ${c.confidence.toFixed(2)}`).join(", ");
+  line.textContent = id.label
+    ? `Identified: ${id.label} (confidence ${id.confidence.toFixed(2)}, ${id.source})` +
+      (id.uncertain ? " - uncertain, may be a class it does not know" : "") + (others ? `; then ${others}` : "")
+    : "Identified: nothing (no labelled image among the results)";
+  line.classList.toggle("uncertain", !!id.uncertain);
 }
 
 // ---- regional search: region boxes coloured by similarity ------------------------------------
@@ -263,6 +343,7 @@ async function explain(card, result) {
   if (state.selected) state.selected.classList.remove("selected");
   state.selected = card;
   card.classList.add("selected");
+  if (state.textQuery || !state.file) return; // a text query has no photo to compare with
   const form = queryForm();
   form.append("id", String(result.id));
   const panel = $("evidence-panel");
@@ -364,6 +445,9 @@ async function showIndexInfo() {
     $("index-info").textContent = `${info.images} images · ${info.pipeline}` +
       (info.map ? ` · map ${info.map.name} (${info.map.images} images)` : "");
     $("regional-label").hidden = !(info.regional_kinds && info.regional_kinds.length);
+    $("modify-label").hidden = !info.composer;
+    $("text-form").hidden = !info.text_model;
+    showRelationVocabulary(info.relations);
     if (info.map) {
       $("map-name").textContent = info.map.name;
       $("localize-form").hidden = false;

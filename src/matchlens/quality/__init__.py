@@ -1,0 +1,21 @@
+"""Query quality for retrieval (QAIR, P1f): predict the AP a query reaches with one index's
+pipeline, say what looks wrong with it, and enhance it for retrieval.
+
+One file per method: :mod:`features` (no-reference estimates: noise σ, detail, size, exposure),
+:mod:`patches` (the network's input), :mod:`net` (frozen backbone + 5 FC layers),
+:mod:`labels` (labels with ground truth, or self-supervised on the user's index), :mod:`dncnn`
+(DnCNN), :mod:`sr` (×4 SR variant), :mod:`nlmeans` (OpenCV baseline), :mod:`enhance`
+(fine-tuning through the frozen quality net, feature adaptation), :mod:`auto` (``--enhance``),
+:mod:`store` (model files that know their index), :mod:`predict`, :mod:`train`.
+This package imports PyTorch: import it inside functions (see the layer contract).
+"""
+
+from __future__ import annotations
+
+from matchlens.quality.auto import ENHANCE_MODES, Choice, choose
+from matchlens.quality.features import Diagnosis, diagnose
+from matchlens.quality.predict import Assessment, assess, predict_ap
+from matchlens.quality.store import QualityModel, Target, find_model, load_enhancer
+
+__all__ = ["ENHANCE_MODES", "Assessment", "Choice", "Diagnosis", "QualityModel", "Target", "assess", "choose",
+           "diagnose", "find_model", "load_enhancer", "predict_ap"]
