@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from matchlens.errors import WeightsError
-from matchlens.quality.net import to_tensor
+from matchlens.quality.net import minibatch_epochs, to_tensor
 from matchlens.quality.patches import random_patches
 
 __all__ = ["CPU", "DnCNN", "PAPER", "default_size", "enhance_image", "make_pairs", "train_mse"]
@@ -76,21 +76,9 @@ def train_mse(model: DnCNN, noisy: np.ndarray, clean: np.ndarray, epochs: int = 
     torch.manual_seed(seed)
     x, y = to_tensor(noisy), to_tensor(clean)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
     model.train()
-    for _ in range(epochs):
-        order, total = torch.randperm(len(x), generator=generator), 0.0
-        for start in range(0, len(x), batch):
-            chosen = order[start:start + batch]
-            loss = nn.functional.mse_loss(model(x[chosen]), y[chosen])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(chosen)
-        losses.append(total / max(1, len(x)))
-        if advance:
-            advance(1)
+    losses = minibatch_epochs(optimiser, len(x), lambda chosen: nn.functional.mse_loss(model(x[chosen]), y[chosen]),
+                              epochs, batch, seed, advance)
     model.eval()
     return losses
 

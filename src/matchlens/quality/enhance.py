@@ -28,7 +28,7 @@ from torch import nn
 
 from matchlens.errors import ConfigError
 from matchlens.extract import Extractor, l2_normalize
-from matchlens.quality.net import BACKBONE, QualityNet, to_tensor
+from matchlens.quality.net import BACKBONE, QualityNet, minibatch_epochs, to_tensor
 
 __all__ = ["FeatureAdapter", "adapted_vector", "finetune_qa", "train_feature_adaptation"]
 
@@ -47,22 +47,13 @@ def finetune_qa(enhancer: nn.Module, net: QualityNet, degraded: np.ndarray, clea
         parameter.requires_grad_(False)
     x, y = to_tensor(degraded), to_tensor(clean)
     optimiser = torch.optim.Adam(enhancer.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
     enhancer.train()
-    losses = []
-    for _ in range(epochs):
-        order, total = torch.randperm(len(x), generator=generator), 0.0
-        for start in range(0, len(x), batch):
-            chosen = order[start:start + batch]
-            out = enhancer(x[chosen]).clamp(0, 1)
-            loss = (1 - net(out)).mean() + lam * nn.functional.mse_loss(out, y[chosen])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(chosen)
-        losses.append(total / max(1, len(x)))
-        if advance:
-            advance(1)
+
+    def loss_of(chosen: torch.Tensor) -> torch.Tensor:  # eq. 3: (1 − AP_pred) + λ·MSE
+        out = enhancer(x[chosen]).clamp(0, 1)
+        return (1 - net(out)).mean() + lam * nn.functional.mse_loss(out, y[chosen])
+
+    losses = minibatch_epochs(optimiser, len(x), loss_of, epochs, batch, seed, advance)
     enhancer.eval()
     return losses
 
@@ -98,21 +89,13 @@ def train_feature_adaptation(adapter: FeatureAdapter, net: QualityNet, patches: 
     net.eval()
     maps = _feature_maps(net, patches)
     optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(epochs):
-        order, total = torch.randperm(len(maps), generator=generator), 0.0
-        for start in range(0, len(maps), batch):
-            fmap = maps[order[start:start + batch]]
-            adapted = adapter(fmap)
-            loss = (1 - net.head(adapted.mean(dim=(2, 3)))).mean() + lam * nn.functional.mse_loss(adapted, fmap)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(fmap)
-        losses.append(total / max(1, len(maps)))
-        if advance:
-            advance(1)
+
+    def loss_of(chosen: torch.Tensor) -> torch.Tensor:  # eq. 4: (1 − AP_pred) + λ·M on the feature map
+        fmap = maps[chosen]
+        adapted = adapter(fmap)
+        return (1 - net.head(adapted.mean(dim=(2, 3)))).mean() + lam * nn.functional.mse_loss(adapted, fmap)
+
+    losses = minibatch_epochs(optimiser, len(maps), loss_of, epochs, batch, seed, advance)
     return losses
 
 

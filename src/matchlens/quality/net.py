@@ -87,6 +87,29 @@ def to_tensor(patches: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(patches, np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def minibatch_epochs(optimiser: torch.optim.Optimizer, count: int, loss_of: Callable[[torch.Tensor], torch.Tensor],
+                     epochs: int, batch: int, seed: int,
+                     advance: Callable[[int], None] | None = None) -> list[float]:
+    """The training loop every quality model shares: ``epochs`` passes over ``count`` samples in
+    seeded random minibatches; ``loss_of(indices)`` is the batch's mean loss. Returns each epoch's
+    sample-weighted mean loss (``advance(1)`` after each epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        order, total = torch.randperm(count, generator=generator), 0.0
+        for start in range(0, count, batch):
+            chosen = order[start:start + batch]
+            loss = loss_of(chosen)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(chosen)
+        losses.append(total / max(1, count))
+        if advance:
+            advance(1)
+    return losses
+
+
 def train_head(head: QualityHead, features: np.ndarray, targets: np.ndarray, epochs: int = 60,
                lr: float = 1e-3, batch: int = 64, seed: int = 0,
                advance: Callable[[int], None] | None = None) -> list[float]:
@@ -96,21 +119,8 @@ def train_head(head: QualityHead, features: np.ndarray, targets: np.ndarray, epo
     x = torch.from_numpy(np.asarray(features, np.float32))
     y = torch.from_numpy(np.asarray(targets, np.float32))
     optimiser = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=1e-5)
-    losses = []
     head.train()
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), batch):
-            chosen = order[start:start + batch]
-            loss = (head(x[chosen]) - y[chosen]).abs().mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(chosen)
-        losses.append(total / max(1, len(x)))
-        if advance:
-            advance(1)
+    losses = minibatch_epochs(optimiser, len(x), lambda chosen: (head(x[chosen]) - y[chosen]).abs().mean(),
+                              epochs, batch, seed, advance)
     head.eval()
     return losses
