@@ -126,5 +126,23 @@ def _fusion_option(kind: Optional[str], fuse: Optional[str]) -> Optional[str]:
     return kind or fuse
 
 
+def print_answer(answer, title: str, as_json: bool, jsonl: bool) -> None:
+    """A ranked answer as a JSON line (``--jsonl``), a JSON list (``--json``) or a rank/score/path table."""
+    import json
+    import sys
+
+    from rich.table import Table
+
+    if jsonl:
+        sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
+    elif as_json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in answer.results], indent=1) + "\n")
+    else:
+        table = Table("rank", "score", "path", title=title)
+        for r in answer.results:
+            table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
+        out.print(table)
+
+
 def _names(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None

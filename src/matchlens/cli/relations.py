@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from matchlens.cli.common import app, err, out, progress_factory
+from matchlens.cli.common import app, err, out, print_answer, progress_factory
 
 
 @app.command("import-boxes")
@@ -76,14 +72,6 @@ def relation_search(index_dir: Path, query: Optional[str], queries: Optional[Pat
     index = open_index(index_dir)
     searcher = relation_searcher(index, model_path, structure)
     answer = searcher.relation(relation, k)
-    if jsonl:
-        sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
-    elif as_json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in answer.results], indent=1) + "\n")
-    else:
-        table = Table("rank", "score", "path", title=f"'{relation}' in {index.root.name} ({searcher.describe()})")
-        for r in answer.results:
-            table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
-        out.print(table)
+    print_answer(answer, f"'{relation}' in {index.root.name} ({searcher.describe()})", as_json, jsonl)
     for note in searcher.notes():
         err.print(f"note: {note}", markup=False, highlight=False)

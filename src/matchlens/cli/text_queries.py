@@ -3,16 +3,12 @@ by a joint embedding over the index's own descriptors, re-ranked by CAMP or CAAN
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from matchlens.cli.common import app, out, progress_factory
+from matchlens.cli.common import app, out, print_answer, progress_factory
 
 
 @app.command("train-text")
@@ -73,12 +69,4 @@ def text_search(index_dir: Path, query: Optional[str], queries: Optional[Path], 
 
 
 def _print(answer: Any, text: str, idx: Any, as_json: bool, jsonl: bool) -> None:
-    if jsonl:
-        sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
-    elif as_json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in answer.results], indent=1) + "\n")
-    else:
-        table = Table("rank", "score", "path", title=f"{text!r} in {idx.root.name} ({idx.size} images)")
-        for r in answer.results:
-            table.add_row(str(r.rank), f"{r.score:.4f}", Text(r.path))
-        out.print(table)
+    print_answer(answer, f"{text!r} in {idx.root.name} ({idx.size} images)", as_json, jsonl)
