@@ -289,7 +289,8 @@ def test_diffusion_and_dba_on_an_approximate_backend(tmp_path, scene_paths, smal
     assert sorted(shortlist.rows.tolist()) == list(range(10))
     # the graph's neighbours came from the index's own (approximate) search, and it is stored
     assert seen and seen[0] is not None and seen[0].__self__.index is index.store
-    assert list((tmp_path / "i" / "cache" / "diffusion").glob(f"{index.generation}-k3-*.npz"))
+    # knn=3 counts the vector itself (the reference's k): 2 others, and the cache is named by the others
+    assert list((tmp_path / "i" / "cache" / "diffusion").glob(f"{index.generation}-k2-*.npz"))
     assert IndexContext(index.store).approximate
     # on 10 vectors the approximate search is exact, so diffusion must agree with the Flat index's
     flat, _ = matchlens.Index.build(scenes, tmp_path / "i", small_spec, backend=None)
