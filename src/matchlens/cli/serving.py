@@ -57,6 +57,7 @@ def serve(
     keep_alive_timeout: int = typer.Option(5, "--keep-alive-timeout", help="Seconds an idle connection is kept open.", min=1),
     map_dir: Optional[Path] = typer.Option(None, "--map", metavar="MAP", help="Localisation map (matchlens map) built with this index: enables POST /localize and the page's Localise button."),
     composer: Optional[Path] = typer.Option(None, "--composer", help="Composer model (matchlens train-composer) for this index: enables POST /search modify=TEXT and the page's modify field."),
+    relation_model: Optional[Path] = typer.Option(None, "--relation-model", help="Relation model (matchlens train-relations --out) for this index's boxes: enables POST /search/relation and the page's relation form (default: the model stored with the index, if any)."),
     text_model: Optional[Path] = typer.Option(None, "--text-model", help="Text model (matchlens train-text) for this index's pipeline: enables POST /search/text and the page's text box."),
     identify: Optional[str] = typer.Option(None, "--identify", help="Name each query's class above its results: a recognizer (matchlens train-recognizer) or knn:LABELS (the kNN vote over labelled index images)."),
 ) -> None:
@@ -75,7 +76,8 @@ def serve(
     with_map = f"; map: {map_dir}" if map_dir else ""
     run_server(index_dir, host=host, port=port, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                max_pixels=max_pixels, verifier=verifier, allowed_hosts=allowed, request_timeout=request_timeout,
-               keep_alive_timeout=keep_alive_timeout, map_dir=map_dir, composer=composer, text_model=text_model, identify=identify,
+               keep_alive_timeout=keep_alive_timeout, map_dir=map_dir, composer=composer, text_model=text_model,
+               identify=identify, relation_model=relation_model,
                on_ready=lambda url: _announce(f"matchlens: serving {index_dir} at {url} (writes "
                                               f"{'enabled' if token else 'disabled'}; evidence: "
                                               f"{'verifier' if verifier else 'spatial'}{with_map}; Ctrl+C stops)"))

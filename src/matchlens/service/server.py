@@ -57,7 +57,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
           request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
           keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT, map_dir: str | Path | None = None,
           composer: str | Path | None = None, text_model: str | Path | None = None,
-          identify: str | None = None) -> None:
+          identify: str | None = None, relation_model: str | Path | None = None) -> None:
     """Serve the index at ``index_dir`` until SIGINT/SIGTERM; ``on_ready(url)`` is called once the
     socket listens. ``port`` 0 picks a free port; ``verifier`` is a checkpoint for the evidence view.
     ``allowed_hosts`` extends the Host allow-list (see :mod:`matchlens.service.hosts`);
@@ -71,7 +71,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, toke
     try:
         app = create_app(index_dir, token=token, verifier=verifier, host=host, allowed_hosts=allowed_hosts,
                          request_timeout=request_timeout, map_dir=map_dir, composer=composer, text_model=text_model,
-                         identify=identify, **options)
+                         identify=identify, relation_model=relation_model, **options)
     except BaseException:
         sock.close()
         raise
