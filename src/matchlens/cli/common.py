@@ -4,7 +4,9 @@ pipeline options and the small parsers of option values."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -14,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
 from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -128,11 +131,6 @@ def _fusion_option(kind: Optional[str], fuse: Optional[str]) -> Optional[str]:
 
 def print_answer(answer, title: str, as_json: bool, jsonl: bool) -> None:
     """A ranked answer as a JSON line (``--jsonl``), a JSON list (``--json``) or a rank/score/path table."""
-    import json
-    import sys
-
-    from rich.table import Table
-
     if jsonl:
         sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
     elif as_json:
