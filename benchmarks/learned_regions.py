@@ -1,0 +1,240 @@
+"""Rigid vs learned R-MAC regions (Gordo et al., "002") on oxford5k_subset's held-out landmarks.
+
+The embedded Lite0 backbone stays frozen; its feature maps at ``--max-side`` (320) are computed
+once. The learned-region head (:mod:`matchlens.train.proposals`) is trained without labels on
+the images of the OTHER landmarks and the distractors (the ``--holdout`` landmarks are never
+seen): candidate pairs are each image's ``--knn`` nearest neighbours by rigid R-MAC, a pair is
+positive when RootSIFT + MAGSAC verifies it, and the bounding boxes of its inliers
+(:mod:`matchlens.train.inlier_boxes`) are the head's box targets; negatives are the hardest
+rigid-R-MAC neighbours outside the positive's verified component. Each variant trains for
+``--budget`` process CPU seconds on one thread:
+
+* ``learned (RPN + triplet)``: objectness/box loss on the inlier boxes + triplet loss through the
+  soft-masked, GeM-pooled, summed, L2-normalised descriptor;
+* ``learned (RPN only)``: the head trained on the boxes alone (Gordo's separate RPN stage);
+* ``learned (triplet only)``: no box supervision.
+
+All rows pool the same frozen map: ``rigid R-MAC`` is the library's ``rmac`` pooling (MAC),
+``rigid grid, GeM`` the same grid pooled like the learned regions (GeM p=3, hard masks), so
+the difference between the last rows is the regions alone. mAP (revisitop AP, the query image
+and the junk ignored) is over the whole-image queries of the held-out landmarks, searched in
+all 1,009 images (columns as ``benchmarks/p4grid.py``).
+
+    python benchmarks/learned_regions.py [--data ../shared/data] [--work bench-out/learned_regions]
+        [--budget 180] [--k 16] [--knn 10] [--holdout radcliffe_camera,all_souls,ashmolean,bodleian]
+        [--variants rpn+triplet,rpn,triplet] [--seed 0]
+
+Feature maps and RootSIFT features are cached in --work (verification reruns, about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from p4grid import HOLDOUT, COLUMNS, column_maps, log  # benchmarks/ is the script's folder
+
+from matchlens.evaluate.protocol import dataset_paths
+from matchlens.io.formats import load_dataset
+
+VARIANTS = {"rpn+triplet": (1.0, True), "rpn": (1.0, False), "triplet": (0.0, True)}
+
+
+def feature_maps(paths: list[str], side: int, work: Path) -> list:
+    """The frozen Lite0 map (C, H, W) of every image at ``side`` px, cached as float16."""
+    import torch
+
+    from matchlens.models import load_backbone
+    from matchlens.train.model import ImageStore, RetrievalNet
+
+    cache = work / f"fmaps-{side}.pt"
+    if cache.is_file():
+        return [m.float() for m in torch.load(cache)]
+    net = RetrievalNet(load_backbone("tf_efficientnet_lite0")).eval()
+    store = ImageStore(side)
+    start, maps = time.monotonic(), []
+    with torch.no_grad():
+        for path in paths:
+            x = store.tensor(path).unsqueeze(0).float() / 255.0
+            maps.append(net.backbone((x - net.mean) / net.std)[0].half())
+    torch.save(maps, cache)
+    log(f"feature maps of {len(paths)} images in {time.monotonic() - start:.0f} s")
+    return [m.float() for m in maps]
+
+
+def rootsift(paths: list[str], work: Path) -> list:
+    """RootSIFT (1000 keypoints at 512 px) of ``paths``, through the library's feature cache."""
+    from matchlens.io.images import load_image
+    from matchlens.local.features import FeatureCache, cached_features, extract_rootsift, feature_key
+
+    cache, key = FeatureCache(work / "local_features"), feature_key(1000, 512)
+    out = []
+    for path in paths:
+        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        out.append(cached_features(cache, sha, key, lambda p=path: extract_rootsift(load_image(p, max_side=1024), 1000, 512)))
+    return out
+
+
+def training_pairs(train: list[int], paths: list[str], rigid: np.ndarray, knn: int, work: Path):
+    """Verified kNN pairs among ``train`` (ids into ``paths``) with their inlier boxes."""
+    from matchlens.train.inlier_boxes import verified_boxes
+    from matchlens.train.positives import _knn_pairs
+
+    start = time.monotonic()
+    features = rootsift([paths[i] for i in train], work)
+    candidates = _knn_pairs(rigid[train], knn)
+    found = verified_boxes(features, candidates)
+    log(f"{len(found.pairs)} of {len(candidates)} kNN pairs verified, {len(found.boxes)} images with boxes "
+        f"({time.monotonic() - start:.0f} s)")
+    return found
+
+
+def tuples(found, train: list[int], rigid: np.ndarray, negatives: int, seed: int = 0) -> list[list[int]]:
+    """(query, positive, negatives…) of ids into ``train``: both directions of each verified pair;
+    negatives drawn from the query's 30 nearest rigid neighbours outside its verified component."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(train)
+    edges = np.array(found.pairs, np.int64).reshape(-1, 2)
+    graph = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    x = rigid[train]
+    rng = random.Random(seed)
+    out = []
+    for i, j in [*found.pairs, *[(b, a) for a, b in found.pairs]]:
+        order = [int(c) for c in np.argsort(-(x @ x[i]))[:60] if component[c] != component[i]][:30]
+        out.append([i, j, *rng.sample(order, min(negatives, len(order)))])
+    return out
+
+
+def train_variant(name: str, maps: list, targets: list, tuple_list: list[list[int]], args):
+    """A :class:`LearnedRMAC` trained for ``args.budget`` CPU seconds; returns it and the CPU minutes."""
+    import torch
+
+    from matchlens.train.proposals import LearnedRMAC, rpn_loss, triplet_step_loss
+
+    torch.manual_seed(args.seed)
+    rpn_weight, use_triplet = VARIANTS[name]
+    model = LearnedRMAC(maps[0].shape[0], k=args.k)
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    rng, start, steps, total = random.Random(args.seed), time.process_time(), 0, 0.0
+    while time.process_time() - start < args.budget:
+        order = list(tuple_list)
+        rng.shuffle(order)
+        for t in order:
+            if use_triplet:
+                loss = triplet_step_loss(model, [maps[i] for i in t], [targets[i] for i in t], rpn_weight)
+            else:
+                loss = rpn_loss(*model.head(maps[t[0]]), targets[t[0]]) + rpn_loss(*model.head(maps[t[1]]), targets[t[1]])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            steps, total = steps + 1, total + float(loss.detach())
+            if steps % 100 == 0:
+                log(f"{name}: {steps} tuples, mean loss {total / 100:.4f}")
+                total = 0.0
+            if time.process_time() - start >= args.budget:
+                break
+    return model.eval(), (time.process_time() - start) / 60, steps
+
+
+def describe_all(maps: list, pool) -> np.ndarray:
+    """(n, C) float32 descriptors of every map by ``pool`` (a map → L2-normalised (C,) function)."""
+    import torch
+
+    with torch.no_grad():
+        return np.stack([pool(m).numpy() for m in maps]).astype(np.float32)
+
+
+def rigid_rows(maps: list) -> dict[str, np.ndarray]:
+    """The rigid-grid descriptors: the library's R-MAC (MAC) and the grid pooled like learned regions."""
+    import torch.nn.functional as F
+
+    from matchlens.pooling.functional import rmac
+    from matchlens.train.proposals import grid_boxes, regional_descriptor
+
+    return {"rigid R-MAC (library rmac, MAC)": describe_all(maps, lambda m: F.normalize(rmac(m[None]), dim=1)[0]),
+            "rigid grid, GeM p=3": describe_all(maps, lambda m: regional_descriptor(m, grid_boxes(*m.shape[-2:]), 3.0))}
+
+
+def box_targets(found, train: list[int], maps: list) -> list:
+    """Per training id: its inlier boxes in map cells (M, 4), or None."""
+    import torch
+
+    from matchlens.train.proposals import relative_to_cells
+
+    out: list = [None] * len(train)
+    for i, boxes in found.boxes.items():
+        height, width = maps[train[i]].shape[-2:]
+        out[i] = relative_to_cells(torch.tensor(np.stack(boxes)), height, width)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--work", type=Path, default=Path("bench-out/learned_regions"))
+    parser.add_argument("--max-side", type=int, default=320)
+    parser.add_argument("--budget", type=float, default=180.0, help="CPU seconds of training per variant")
+    parser.add_argument("--variants", default="rpn+triplet,rpn,triplet")
+    parser.add_argument("--k", type=int, default=16, help="learned regions per image (plus the whole map)")
+    parser.add_argument("--knn", type=int, default=10)
+    parser.add_argument("--negatives", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0, help="the head's initialisation and the tuple order")
+    parser.add_argument("--holdout", default=",".join(HOLDOUT))
+    args = parser.parse_args()
+
+    import torch
+
+    from matchlens.train.positives import holdout_images
+
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(args.data / "oxford5k_subset")
+    paths, names = dataset_paths(dataset), list(dataset.images)
+    rows_of = {n: i for i, n in enumerate(names)}
+    holdout = [g for g in args.holdout.split(",") if g]
+    queries = [q for q in dataset.queries if q.group in holdout and q.box is None]
+    hidden = holdout_images(dataset, set(holdout))
+    train = [i for i, n in enumerate(names) if n not in hidden]
+    maps = feature_maps(paths, args.max_side, args.work)
+    results = {label: (vectors, 0.0, 0) for label, vectors in rigid_rows(maps).items()}
+    found = training_pairs(train, paths, results["rigid R-MAC (library rmac, MAC)"][0], args.knn, args.work)
+    train_maps = [maps[i] for i in train]
+    targets = box_targets(found, train, maps)
+    tuple_list = tuples(found, train, results["rigid R-MAC (library rmac, MAC)"][0], args.negatives)
+    for name in [v for v in args.variants.split(",") if v]:
+        model, minutes, steps = train_variant(name, train_maps, targets, tuple_list, args)
+        results[f"learned ({name.replace('+', ' + ')})"] = (describe_all(maps, model), minutes, steps)
+    rows = [(label, column_maps(v, names, queries, rows_of, label), minutes, steps)
+            for label, (v, minutes, steps) in results.items()]
+    print_table(rows, queries, holdout, found, len(train), args)
+
+
+def print_table(rows, queries, holdout, found, n_train: int, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    load = os.getloadavg()
+    table = Table(title=f"R-MAC regions on oxford5k_subset: mAP of {len(queries)} whole-image queries of held-out "
+                        f"{', '.join(holdout)} (1,009 images); frozen Lite0 at {args.max_side} px; head trained on "
+                        f"{n_train} images, {len(found.pairs)} verified pairs, {len(found.boxes)} images with inlier "
+                        f"boxes; k={args.k}, seed {args.seed}; load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    for column in ("regions", *COLUMNS, "train CPU min", "tuples"):
+        table.add_column(column, justify="right")
+    for label, maps, minutes, steps in rows:
+        table.add_row(label, *(f"{m:.2f}" for m in maps), f"{minutes:.1f}" if steps else "-", str(steps or "-"))
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
