@@ -125,13 +125,18 @@ class TextEncoder(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters(), torch.empty(0)).device
 
+    def _run(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token features (B, L, dim), mask (B, L), sentence vectors (B, dim)) of the texts."""
+        raise NotImplementedError
+
     def encode_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (B, L, dim), mask (B, L)) for the texts."""
-        raise NotImplementedError
+        outputs, mask, _ = self._run(texts)
+        return outputs, mask
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """(B, dim) sentence vectors (not normalised)."""
-        raise NotImplementedError
+        return self._run(texts)[2]
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """Same as :meth:`encode`."""
@@ -182,13 +187,6 @@ class LSTMEncoder(TextEncoder):
         outputs, final = _run_rnn(self.rnn, self.embedding(ids), mask)
         return outputs, mask, final
 
-    def encode_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs, mask, _ = self._run(texts)
-        return outputs, mask
-
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._run(texts)[2]
-
 
 @TEXT_ENCODERS.register("bigru")
 class BiGRUEncoder(LSTMEncoder):
@@ -230,13 +228,6 @@ class PiecesEncoder(TextEncoder):
             return vectors, mask, mean
         outputs, final = _run_rnn(self.rnn, vectors, mask)
         return outputs, mask, final
-
-    def encode_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs, mask, _ = self._run(texts)
-        return outputs, mask
-
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        return self._run(texts)[2]
 
 
 @TEXT_ENCODERS.register("sentence")
