@@ -109,6 +109,10 @@ def quality_query(index, path: Path, box, enhance: str, model: Optional[Path]):
     when ``--enhance`` changed it, else the file; prints the low-quality warning and what
     ``--enhance`` did on stderr (stdout stays the results)."""
     from matchlens.pipeline import Query
+    from matchlens.quality.location import quality_applies
+
+    if not quality_applies(index, enhance, model):  # the common case: no torch to load
+        return Query(path, box, name=str(path))
     from matchlens.quality.query import prepare_query
 
     checked = prepare_query(index, path, box, enhance, model)

@@ -6,16 +6,11 @@ One file per method: :mod:`features` (no-reference estimates: noise σ, detail, 
 :mod:`labels` (labels with ground truth, or self-supervised on the user's index), :mod:`dncnn`
 (DnCNN), :mod:`sr` (×4 SR variant), :mod:`nlmeans` (OpenCV baseline), :mod:`enhance`
 (fine-tuning through the frozen quality net, feature adaptation), :mod:`auto` (``--enhance``),
-:mod:`store` (model files that know their index), :mod:`predict`, :mod:`train`.
-This package imports PyTorch: import it inside functions (see the layer contract).
+:mod:`store` (model files that know their index), :mod:`predict`, :mod:`train`,
+:mod:`location` (where an index's models live; torch-free).
+The package root imports nothing, so ``matchlens.quality.location`` answers "is there a quality
+model?" on every search without loading PyTorch; the other modules import it (import them inside
+functions, see the layer contract).
 """
 
 from __future__ import annotations
-
-from matchlens.quality.auto import ENHANCE_MODES, Choice, choose
-from matchlens.quality.features import Diagnosis, diagnose
-from matchlens.quality.predict import Assessment, assess, predict_ap
-from matchlens.quality.store import QualityModel, Target, find_model, load_enhancer
-
-__all__ = ["ENHANCE_MODES", "Assessment", "Choice", "Diagnosis", "QualityModel", "Target", "assess", "choose",
-           "diagnose", "find_model", "load_enhancer", "predict_ap"]

@@ -21,6 +21,7 @@ import torch
 from matchlens.errors import WeightsError
 from matchlens.fileio import atomic_path
 from matchlens.pipeline import Index
+from matchlens.quality.location import default_model_path, enhancer_path, find_model
 from matchlens.quality.dncnn import DnCNN
 from matchlens.quality.net import HEAD_WIDTHS, QualityHead, QualityNet
 
@@ -31,7 +32,6 @@ FORMAT = "matchlens-quality"
 VERSION = 1
 SAMPLE = 256        # content hashes kept to recognise the collection
 MIN_OVERLAP = 0.5   # share of them the index must still hold
-FOLDER = "quality"  # inside the index folder
 ENHANCER_KINDS = ("denoise", "sr")
 
 
@@ -136,24 +136,6 @@ class QualityModel:
         if index is not None:
             model.target.check(index, f"quality model {Path(path).name}")
         return model
-
-
-def default_model_path(index: Index) -> Path:
-    """Where ``matchlens train-quality`` stores an index's quality model."""
-    return Path(index.root) / FOLDER / "model.pt"
-
-
-def find_model(index: Index, given: str | os.PathLike | None = None) -> Path | None:
-    """The quality model to use: ``given``, else the index's own if it has one, else None."""
-    if given is not None:
-        return Path(given)
-    path = default_model_path(index)
-    return path if path.is_file() else None
-
-
-def enhancer_path(index: Index, kind: str) -> Path:
-    """Where ``matchlens train-quality --enhancers`` stores an index's enhancer of ``kind``."""
-    return Path(index.root) / FOLDER / f"{kind}.pt"
 
 
 def save_enhancer(path: str | os.PathLike, model: DnCNN, kind: str, target: Target | None,

@@ -60,6 +60,10 @@ _STATUS = {BoxError: 400, ConfigError: 400, SourceError: 400, ImageLoadError: 40
 
 def _query_quality(index, data: bytes, box) -> dict | None:
     """The query's predicted quality and warning when the index has a quality model (else None)."""
+    from matchlens.quality.location import quality_applies
+
+    if not quality_applies(index):  # no model: the search path stays free of PyTorch
+        return None
     from matchlens.quality.query import service_quality
 
     return service_quality(index, data, box)
