@@ -7,6 +7,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
@@ -43,6 +44,23 @@ def make_scene(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
         else:
             draw.ellipse((x0, y0, x1, y1), fill=colour, outline=(0, 0, 0), width=3)
     return img.filter(ImageFilter.SMOOTH)
+
+
+def texture_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Blurred noise with random rectangles: many distinct SIFT keypoints."""
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3)).astype(np.uint8), (0, 0), 2.0)
+    for _ in range(40):
+        x, y = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
+        w, h = int(rng.integers(5, 30)), int(rng.integers(5, 30))
+        cv2.rectangle(image, (x, y), (x + w, y + h), tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
+    return image
+
+
+def paste_patch(background: np.ndarray, patch: np.ndarray, x: int, y: int) -> np.ndarray:
+    """``background`` with ``patch`` pasted at (x, y)."""
+    out = background.copy()
+    out[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
+    return out
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

@@ -86,7 +86,7 @@ def test_pooling_example(lse_pooling) -> None:
 
 
 def test_unknown_pooling_lists_the_registry() -> None:
-    with pytest.raises(ConfigError, match="unknown pooling 'nope'; choose one of: crow, gem, mac, rmac, spoc"):
+    with pytest.raises(ConfigError, match="unknown pooling 'nope'; choose one of: crow, gem, learned-rmac, mac, rmac, spoc"):
         PipelineSpec(pooling="nope")
 
 

@@ -233,7 +233,7 @@ def test_functions_reject_non_maps():
 
 # --- modules and factory ------------------------------------------------------------------------
 def test_names_match_the_pipeline_spec():
-    assert pooling_names() == ["crow", "gem", "mac", "rmac", "spoc"]
+    assert pooling_names() == ["crow", "gem", "learned-rmac", "mac", "rmac", "spoc"]
     assert set(pooling_names()) == set(POOLING_NAMES)
     assert "GeM" in POOLINGS
 
@@ -281,7 +281,7 @@ def _config_error(name: str, **params) -> str:
 
 def test_unknown_name_lists_the_valid_ones():
     message = _config_error("netvlad")
-    assert "netvlad" in message and "crow, gem, mac, rmac, spoc" in message
+    assert "netvlad" in message and "crow, gem, learned-rmac, mac, rmac, spoc" in message
 
 
 def test_unknown_parameter_lists_the_valid_ones():

@@ -10,27 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.conftest import paste_patch, texture_image
 from matchlens.local.features import extract_rootsift
 from matchlens.pooling.functional import rmac
+from matchlens.pooling.proposals import (LearnedRMAC, ProposalHead, box_iou, decode, encode, grid_boxes, make_anchors,
+                                         nms, pool_regions, regional_descriptor)
 from matchlens.train.inlier_boxes import pair_boxes, verified_boxes
-from matchlens.train.proposals import (LearnedRMAC, ProposalHead, box_iou, decode, encode, grid_boxes, make_anchors,
-                                       nms, pool_regions, regional_descriptor, rpn_loss, triplet_step_loss)
-
-
-def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Blurred noise with random rectangles: many distinct SIFT keypoints."""
-    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3)).astype(np.uint8), (0, 0), 2.0)
-    for _ in range(40):
-        x, y = int(rng.integers(0, width - 10)), int(rng.integers(0, height - 10))
-        w, h = int(rng.integers(5, 30)), int(rng.integers(5, 30))
-        cv2.rectangle(image, (x, y), (x + w, y + h), tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
-    return image
-
-
-def _paste(background: np.ndarray, patch: np.ndarray, x: int, y: int) -> np.ndarray:
-    out = background.copy()
-    out[y:y + patch.shape[0], x:x + patch.shape[1]] = patch
-    return out
+from matchlens.train.proposals import rpn_loss, triplet_step_loss
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,10 +25,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_inlier_boxes_of_a_generated_pair_are_the_pasted_regions():
     rng = np.random.default_rng(0)
-    patch = _texture(rng, 120, 150)
-    first = _paste(_texture(rng, 240, 320), patch, 30, 60)
+    patch = texture_image(rng, 120, 150)
+    first = paste_patch(texture_image(rng, 240, 320), patch, 30, 60)
     bigger = cv2.resize(patch, (180, 144), interpolation=cv2.INTER_CUBIC)
-    second = _paste(_texture(rng, 260, 360), bigger, 150, 90)
+    second = paste_patch(texture_image(rng, 260, 360), bigger, 150, 90)
     a = extract_rootsift(Image.fromarray(first), 1000, 512)
     b = extract_rootsift(Image.fromarray(second), 1000, 512)
     found = pair_boxes(a, b)
@@ -58,7 +44,7 @@ def test_inlier_boxes_of_a_generated_pair_are_the_pasted_regions():
     np.testing.assert_allclose(box_a, expected_a, atol=0.06)
     np.testing.assert_allclose(box_b, expected_b, atol=0.06)
     # a pair of unrelated images gives no box, and verified_boxes keeps only the verified pair
-    other = extract_rootsift(Image.fromarray(_texture(rng, 240, 320)), 1000, 512)
+    other = extract_rootsift(Image.fromarray(texture_image(rng, 240, 320)), 1000, 512)
     assert pair_boxes(a, other) is None
     collected = verified_boxes([a, b, other], [(0, 1), (0, 2), (1, 2)])
     assert collected.pairs == [(0, 1)] and set(collected.boxes) == {0, 1}

@@ -77,6 +77,8 @@ class PipelineSpec:
         for value, registry in ((self.pooling, _poolings()), (self.whitening, _whitenings())):
             if value not in registry.names():  # exact (lower-case) names: the spec is hashed as written
                 raise ConfigError(f"unknown {registry.kind} {value!r}; choose one of: {registry.choices()}")
+        # A pooling with a file of its own records which file (its id), so the spec names the weights.
+        object.__setattr__(self, "pooling_params", _poolings().get(self.pooling).pin(self.pooling_params))
         if self.whitening == "lw" and not self.weights:
             raise ConfigError("whitening 'lw' needs --weights CHECKPOINT from 'matchlens train' (Lw is stored there)")
 

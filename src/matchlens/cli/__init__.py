@@ -30,6 +30,7 @@ from matchlens.cli import recognition  # noqa: F401
 from matchlens.cli import relations  # noqa: F401
 from matchlens.cli import queries  # noqa: F401
 from matchlens.cli import text_queries  # noqa: F401
+from matchlens.cli import learned_regions  # noqa: F401
 from matchlens.cli.common import app, err, out, progress_factory
 
 __all__ = ["app", "err", "main", "out", "progress_factory"]

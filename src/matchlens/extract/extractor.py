@@ -85,6 +85,9 @@ class Extractor:
         self._runtime: Runtime = open_runtime(self.backbone, runtime, threads or cpu_threads(), device, cache_dir)
         self.device = self._runtime.device
         self.pooling = make_pooling(spec.pooling, **spec.pooling_params).to(self.device)
+        check = getattr(self.pooling, "check_backbone", None)  # poolings with weights of their own
+        if check is not None:
+            check(spec.backbone, self.dim)
         # (x / 255 - mean) / std as one multiply-add per pixel
         self._scale, self._offset = normaliser(self.backbone.mean, self.backbone.std)
 

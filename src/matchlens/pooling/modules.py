@@ -14,10 +14,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import functional as F
-from .specs import POOLINGS, make_pooling, pooling_names
+from matchlens.errors import ConfigError
 
-__all__ = ["CroW", "FunctionalPooling", "GeM", "MAC", "POOLINGS", "Pooling", "RMAC", "SPoC", "make_pooling",
+from . import functional as F
+from .proposals import load_head
+from .specs import POOLINGS, file_id, make_pooling, pooling_names
+
+__all__ = ["CroW", "FunctionalPooling", "GeM", "LearnedRMACPooling", "MAC", "POOLINGS", "Pooling", "RMAC", "SPoC", "make_pooling",
            "pooling_names"]
 
 
@@ -101,3 +104,30 @@ class CroW(Pooling):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.crow(x, **self.config)
+
+
+class LearnedRMACPooling(Pooling):
+    """R-MAC over the regions a trained proposal head picks (:mod:`.proposals`, Gordo et al.).
+
+    ``head`` is the file ``matchlens train-regions`` wrote and ``head_id`` its recorded id: a
+    file changed since the index was built would give descriptors that no longer compare with
+    the stored ones, so it is refused. Pooling and masks are the ones the head was trained with.
+    """
+
+    def __init__(self, head: str, head_id: str) -> None:
+        super().__init__(head=head, head_id=head_id)
+        self.model, self.meta = load_head(head)
+        if head_id and file_id(head) != head_id:
+            raise ConfigError(f"regions head {head} changed since the index was built (id {head_id}, now "
+                              f"{file_id(head)}); restore it or rebuild the index")
+
+    def check_backbone(self, backbone: str, channels: int) -> None:
+        """A one-line ConfigError when the head was trained on another backbone's map."""
+        trained = self.meta.get("backbone")
+        if trained and trained != backbone or self.model.channels != channels:
+            raise ConfigError(f"regions head {self.config['head']} was trained on {trained} ({self.model.channels} "
+                              f"channels), this pipeline runs {backbone} ({channels}); train one on this index "
+                              f"with 'matchlens train-regions'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(fmap) for fmap in x.float()])

@@ -12,15 +12,19 @@ A new pooling needs two files (see docs/extending.md): its maths, a function
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from matchlens.components import Component, flag, positive_float, positive_int
+from matchlens.errors import ConfigError
 from matchlens.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from matchlens.pooling.modules import Pooling
 
-__all__ = ["POOLINGS", "PoolingSpec", "make_pooling", "pooling_names"]
+__all__ = ["POOLINGS", "PoolingSpec", "file_id", "make_pooling", "pooling_names"]
 
 
 class PoolingSpec(Component):
@@ -45,6 +49,12 @@ class PoolingSpec(Component):
             built = modules.FunctionalPooling(getattr(functional, self.name), **self.config)
         built.name = self.name
         return built
+
+    @classmethod
+    def pin(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters a pipeline spec stores for ``params``: unchanged (defaults stay implicit, so
+        existing indexes keep their fingerprints), except for poolings that read a file."""
+        return params
 
     def positive_floats(self, *keys: str) -> None:
         """Check each key is a finite number > 0 and store it as a float."""
@@ -106,6 +116,38 @@ class CroWSpec(PoolingSpec):
 
     def validate(self) -> None:
         self.positive_floats("a", "b", "eps")
+
+
+@POOLINGS.register("learned-rmac")
+class LearnedRMACSpec(PoolingSpec):
+    """R-MAC over regions a trained proposal head picks (Gordo et al.): ``head=FILE`` from
+    ``matchlens train-regions``; the file's id is recorded so a changed file is refused."""
+
+    module = "LearnedRMACPooling"
+    defaults: ClassVar[dict[str, Any]] = {"head": "", "head_id": ""}
+
+    def validate(self) -> None:
+        head = str(self.config["head"] or "")
+        if not head:
+            raise ConfigError("pooling 'learned-rmac' needs head=FILE (from 'matchlens train-regions INDEX --out FILE')")
+        path = Path(head).expanduser()
+        self.config["head"] = str(path.resolve())
+        if not self.config["head_id"] and path.is_file():
+            self.config["head_id"] = file_id(path)
+
+    @classmethod
+    def pin(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The head's absolute path and the id of the file it names now (validated)."""
+        return dict(cls(**params).config)
+
+
+def file_id(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of a file's SHA-256: what an index records of a regions head."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def make_pooling(name: str, **params: Any) -> "Pooling":
