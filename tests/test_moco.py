@@ -1,10 +1,13 @@
 """MoCo v2 (matchlens.train.selfsup / matchlens.train.moco): the queue is FIFO, the key encoder
 follows θ_k ← m·θ_k + (1-m)·θ_q, InfoNCE equals a hand computation, and ``--selfsup moco``
-trains, checkpoints a loadable encoder without the head, and resumes."""
+trains, checkpoints a loadable encoder without the head, and resumes exactly (heads, key encoder
+and queue kept in last.pt; an older last.pt without them resumes with a note)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +16,10 @@ from torch import nn
 
 from matchlens.errors import ConfigError
 from matchlens.models import load_backbone
-from matchlens.train import TrainConfig
+from matchlens.models.backbones import backbone_state_dict
+from matchlens.models.weights import read_checkpoint
+from matchlens.train import TrainConfig, TrainingInterrupted, TrainResult
+from matchlens.train.checkpoint import LAST, SELFSUP
 from matchlens.train.moco import train_selfsup
 from matchlens.train.selfsup import MoCo, info_nce_loss, momentum_update
 from tests.conftest import make_scene, run_cli
@@ -86,21 +92,95 @@ def test_step_updates_key_encoder_and_enqueues_its_keys():
     assert all(p.grad is None for p in moco.encoder_k.parameters())
 
 
-def test_moco_run_trains_checkpoints_and_resumes(tmp_path):
-    images = tmp_path / "images"
+@pytest.fixture(scope="module")
+def moco_run(tmp_path_factory) -> tuple[dict[str, Any], TrainResult]:
+    """A MoCo run's options (four tiny scenes, two steps an epoch) and the result of its first epoch."""
+    root = tmp_path_factory.mktemp("moco")
+    images = root / "images"
     images.mkdir()
     for i in range(4):
         make_scene(500 + i, (64, 48)).save(images / f"s{i}.jpg")
-    config = dict(data=str(images), out=str(tmp_path / "run"), positives="selfsup", selfsup="moco", max_side=48,
-                  crop=32, tuples=4, batch=2, epochs=1, threads=1, lw=False, queue=16, lr=0.05)
-    result = train_selfsup(TrainConfig(**config))
+    config: dict[str, Any] = dict(data=str(images), out=str(root / "first"), positives="selfsup", selfsup="moco",
+                                  max_side=48, crop=32, tuples=4, batch=2, epochs=1, threads=1, lw=False, queue=16,
+                                  lr=0.05)
+    return config, train_selfsup(TrainConfig(**config))
+
+
+def copy_run(result: TrainResult, out: Path, drop_moco: bool = False) -> Path:
+    """A copy of ``result``'s last.pt in a new run folder ``out`` (without MoCo's state: as
+    checkpoints were written before they kept it)."""
+    out.mkdir()
+    content = read_checkpoint(result.last_checkpoint)
+    if drop_moco:
+        del content["training"][SELFSUP]
+    torch.save(content, out / LAST)
+    return out
+
+
+def assert_states_close(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_states_close(got[key], value)
+        else:
+            assert torch.allclose(got[key].double(), value.double(), rtol=0, atol=1e-6), key
+
+
+def test_moco_run_trains_and_exports_the_encoder_only(moco_run):
+    _, result = moco_run
     assert np.isfinite(result.history[1]["loss"])
     loaded = load_backbone("tf_efficientnet_lite0", result.last_checkpoint)  # the encoder, head dropped
     original = load_backbone("tf_efficientnet_lite0")
     changed = [k for k, v in loaded.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
     assert changed, "MoCo's step did not move the encoder"
-    again = train_selfsup(TrainConfig(**{**config, "epochs": 2}))  # resumes from last.pt
+    best, last = read_checkpoint(result.best_checkpoint), read_checkpoint(result.last_checkpoint)
+    backbone_keys = set(backbone_state_dict(original))  # the --weights layout: the backbone only
+    assert "training" not in best and set(best["state_dict"]) == backbone_keys
+    assert set(last["state_dict"]) == backbone_keys
+    moco = last["training"][SELFSUP]["moco"]
+    assert set(moco) == {"head_q", "head_k", "encoder_k", "queue", "pointer"}
+    assert moco["queue"].shape == (16, 128) and int(moco["pointer"]) == 4  # 2 steps of 2 keys
+
+
+def test_moco_resume_continues_exactly(moco_run, tmp_path):
+    """1 epoch, resumed, interrupted after the first step of epoch 2 (Ctrl-C) and resumed again,
+    ends with the weights, heads, key encoder, queue and losses of 2 epochs never interrupted."""
+    config, first = moco_run
+    out = copy_run(first, tmp_path / "resumed")
+    resumed = {**config, "out": str(out), "epochs": 2}
+
+    def interrupt(epoch: int, done: int) -> None:
+        if (epoch, done) == (1, 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_selfsup(TrainConfig(**resumed), on_step=interrupt)
+    again = train_selfsup(TrainConfig(**resumed))
+    assert again.resumed_from == (1, 2) and len(again.history) == 3
+    straight = train_selfsup(TrainConfig(**{**config, "out": str(tmp_path / "straight"), "epochs": 2}))
+    want, got = (read_checkpoint(r.last_checkpoint)["training"] for r in (straight, again))
+    assert_states_close(got["state"], want["state"])
+    assert_states_close(got[SELFSUP], want[SELFSUP])
+    assert int(got[SELFSUP]["moco"]["pointer"]) == int(want[SELFSUP]["moco"]["pointer"]) == 8
+    # (epoch 2's logged loss averages only the steps after the last resume: not compared)
+    assert [h["loss"] for h in again.history[:2]] == [h["loss"] for h in straight.history[:2]]
+
+
+def test_moco_resumes_an_older_checkpoint_with_a_note(moco_run, tmp_path):
+    config, first = moco_run
+    out = copy_run(first, tmp_path / "old", drop_moco=True)
+    notes: list[str] = []
+    again = train_selfsup(TrainConfig(**{**config, "out": str(out), "epochs": 2}), log=notes.append)
     assert again.resumed_from == (1, 0) and len(again.history) == 3
+    assert len([n for n in notes if "holds no MoCo state" in n and "\n" not in n]) == 1
+    assert SELFSUP in read_checkpoint(again.last_checkpoint)["training"]  # written from now on
+
+
+def test_moco_resume_with_another_queue_size_is_one_line(moco_run, tmp_path):
+    config, first = moco_run
+    out = copy_run(first, tmp_path / "queue")
+    with pytest.raises(ConfigError, match="resume with --queue 16"):
+        train_selfsup(TrainConfig(**{**config, "out": str(out), "epochs": 2, "queue": 8}))
 
 
 def test_bad_moco_options_are_one_line(tmp_path, capsys):

@@ -4,7 +4,8 @@ weights back into the model.
 
 A checkpoint holds the backbone's state dict and a ``matchlens`` entry (pipeline spec, GeM p,
 epoch, validation mAP, the run's config, learned whitening); ``last.pt`` adds a ``training``
-entry (model, optimizer, scheduler, RNG state, epoch/step, history) from which a run resumes.
+entry (model, optimizer, scheduler, RNG state, epoch/step, history, and a self-supervised step's
+own state, e.g. MoCo's heads, key encoder and queue) from which a run resumes exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ FIXED_ON_RESUME = ("data", "positives", "backbone", "weights", "max_side", "loss
                    "batch", "optimizer", "seed", "train_groups", "holdout_groups", "selfsup", "regions")
 # The run's progress kept in last.pt's "training" entry (besides the model, optimizer, scheduler and RNG).
 PROGRESS_KEYS = ("epoch", "step", "history", "best_map", "best_epoch")
+# The "training" entry's key for a self-supervised step's own state (absent in checkpoints before it).
+SELFSUP = "selfsup"
 
 
 def trained_spec(config: TrainConfig, model: RetrievalNet) -> PipelineSpec:
@@ -39,14 +42,18 @@ def trained_spec(config: TrainConfig, model: RetrievalNet) -> PipelineSpec:
 
 
 def training_state(model: RetrievalNet, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   state: dict[str, Any]) -> dict[str, Any]:
-    """The ``training`` entry of ``last.pt``: everything a resumed run restores."""
-    return {
+                   state: dict[str, Any], selfsup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``training`` entry of ``last.pt``: everything a resumed run restores. ``selfsup``: what
+    a self-supervised step keeps besides the model (under ``SELFSUP``, e.g. ``{"moco": ...}``)."""
+    training = {
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "epoch": state["epoch"], "step": state["step"], "history": state["history"],
         "best_map": state["best_map"], "best_epoch": state["best_epoch"],
         "torch_rng": torch.get_rng_state(), "state": model.state_dict(),
     }
+    if selfsup is not None:
+        training[SELFSUP] = selfsup
+    return training
 
 
 def save_checkpoint(path: Path, config: TrainConfig, model: RetrievalNet, epoch: int, val_map: float | None,

@@ -2,18 +2,22 @@
 :mod:`matchlens.train.trainer` (images, epochs, checkpoints, validation, resume) whose step is
 MoCo v2's (:class:`matchlens.train.selfsup.MoCo`) instead of SimCLR's.
 
-The MLP head, the key encoder and the queue live beside the model: checkpoints hold the query
-encoder (backbone + GeM) as every run's do, so ``--weights OUT/best.pt`` loads it. A resumed run
-restarts the key encoder from the resumed weights and refills the queue (a few steps' worth of
-keys), as MoCo's own resume from a released encoder would.
+The MLP head, the key encoder and the queue live beside the model: exported weights
+(``best.pt``) hold the query encoder (backbone + GeM) as every run's do, so ``--weights
+OUT/best.pt`` loads it. ``last.pt`` also holds both heads, the key encoder (with its own
+BatchNorm statistics), the queue and its pointer, so a resumed run continues exactly where the
+interrupted one was (the same weights and queue as a run never interrupted). A ``last.pt`` written
+before it kept that state still resumes, with a note: the head restarts, the key encoder restarts
+from the resumed weights and the queue refills.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from matchlens.train.checkpoint import LAST
 from matchlens.train.config import ProgressFactory, TrainConfig, TrainResult
 from matchlens.train.selfsup import MoCo, two_views
 from matchlens.train.trainer import _Trainer, train
@@ -50,11 +54,20 @@ class _MoCoTrainer(_Trainer):
         return self.moco
 
     def _resume(self) -> tuple[int, int]:
-        self._attach_moco()
-        resumed = super()._resume()
-        assert self.moco is not None  # attached above
-        self.moco.encoder_k.load_state_dict(self.model.state_dict())  # keys from the resumed weights
-        return resumed
+        self._attach_moco()  # the head's parameter group must exist before the optimizer state loads
+        return super()._resume()
+
+    def _selfsup_state(self) -> dict[str, Any] | None:
+        return {"moco": self._attach_moco().resume_state()}
+
+    def _restore_selfsup(self, saved: dict[str, Any] | None) -> None:
+        moco = self._attach_moco()
+        if saved is not None and "moco" in saved:
+            moco.load_resume_state(saved["moco"])
+            return
+        moco.encoder_k.load_state_dict(self.model.state_dict())  # keys from the resumed weights
+        self.log(f"{self.out / LAST} holds no MoCo state (an older checkpoint): the head restarts, the key "
+                 "encoder restarts from the resumed weights and the queue refills")
 
     def _selfsup_loss(self, epoch: int, start: int, batch: list[int]) -> float:
         gen = torch.Generator().manual_seed(hash((self.config.seed, epoch, start)) % (2**31))

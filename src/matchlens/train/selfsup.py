@@ -10,14 +10,16 @@
   shorter than MoCo's 65536 because a retrieval collection to fine-tune on holds a few thousand
   images, and a key older than an epoch comes from a stale encoder.
 
-The head only shapes the loss: checkpoints hold the query encoder (backbone + GeM) without it,
-as MoCo's released weights drop ``fc``.
+The head only shapes the loss: exported weights (``best.pt``, ``--weights``) hold the query
+encoder (backbone + GeM) without it, as MoCo's released weights drop ``fc``; ``last.pt`` also
+keeps MoCo's heads, key encoder and queue (:meth:`MoCo.resume_state`) so a resumed run continues
+exactly. SimCLR's step has no head (NT-Xent on the descriptors), so it has nothing more to keep.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -123,6 +125,27 @@ class MoCo(nn.Module):
         loss = info_nce_loss(q, k, self.queue.clone().detach(), self.temperature)
         self.enqueue(k)
         return loss
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything of MoCo but the query encoder (the trained network, which the checkpoint
+        holds already) that the next step's loss depends on: both heads, the key encoder
+        (parameters and its own BatchNorm statistics), the queue and its pointer."""
+        return {"head_q": self.head_q.state_dict(), "head_k": self.head_k.state_dict(),
+                "encoder_k": self.encoder_k.state_dict(), "queue": self.queue, "pointer": self.pointer}
+
+    @torch.no_grad()
+    def load_resume_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`resume_state` returned; ConfigError when the queue's size differs
+        (``--queue`` changed since the checkpoint)."""
+        queue = state["queue"]
+        if tuple(queue.shape) != tuple(self.queue.shape):
+            raise ConfigError(f"the checkpoint's MoCo queue holds {queue.shape[0]} keys, not {self.queue.shape[0]}; "
+                              f"resume with --queue {queue.shape[0]}, or --restart to start over")
+        self.head_q.load_state_dict(state["head_q"])
+        self.head_k.load_state_dict(state["head_k"])
+        self.encoder_k.load_state_dict(state["encoder_k"])
+        self.queue.copy_(queue)
+        self.pointer.copy_(state["pointer"])
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

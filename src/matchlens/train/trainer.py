@@ -8,9 +8,10 @@ as cirtorch); lr decayed by exp(-0.01) per epoch; 5 tuples per optimizer step; B
 Output folder ``OUT`` (file names and checkpoint content: :mod:`matchlens.train.checkpoint`;
 the options: :class:`~matchlens.train.config.TrainConfig`):
 
-* ``last.pt`` - model, optimizer, scheduler, RNG state, epoch/step and history, written
-  atomically every epoch (and every ``save_every`` optimizer steps): a run interrupted (Ctrl-C,
-  crash, power) resumes from it when the same command is run again;
+* ``last.pt`` - model, optimizer, scheduler, RNG state, epoch/step, history (and MoCo's heads,
+  key encoder and queue), written atomically every epoch (and every ``save_every`` optimizer
+  steps): a run interrupted (Ctrl-C, crash, power) resumes from it when the same command is run
+  again;
 * ``best.pt`` - the weights with the best validation mAP (epoch 0 = before training), with the
   pipeline spec and the learned whitening Lw: ``matchlens index DIR --weights OUT/best.pt``;
 * ``trainset.json`` - the tuples' source (images, positives, groups), so a resumed run trains on
@@ -32,8 +33,9 @@ import torch
 from matchlens.config import PipelineSpec
 from matchlens.models import load_backbone
 from matchlens.models.weights import read_checkpoint
-from matchlens.train.checkpoint import (BEST, CURVE, HISTORY, LAST, PROGRESS_KEYS, TRAINSET, load_best_weights,
-                                        resume_training, save_checkpoint, trained_spec, training_state)
+from matchlens.train.checkpoint import (BEST, CURVE, HISTORY, LAST, PROGRESS_KEYS, SELFSUP, TRAINSET,
+                                        load_best_weights, resume_training, save_checkpoint, trained_spec,
+                                        training_state)
 from matchlens.train.config import ProgressFactory, TrainConfig, TrainingInterrupted, TrainResult
 from matchlens.train.data import build_trainset, maybe_dataset, unlabeled_images, validation_set
 from matchlens.train.losses import nt_xent_loss, tuple_loss
@@ -214,6 +216,14 @@ class _Trainer:
         loss.backward()
         return float(loss.detach())
 
+    def _selfsup_state(self) -> dict[str, Any] | None:
+        """What the self-supervised step keeps besides the model, saved in ``last.pt`` (MoCo's);
+        SimCLR's step has none: NT-Xent on the descriptors, no head."""
+        return None
+
+    def _restore_selfsup(self, saved: dict[str, Any] | None) -> None:
+        """Restore :meth:`_selfsup_state` from a resumed checkpoint (``None``: it holds none)."""
+
     # --- data ----------------------------------------------------------------------------------
     @property
     def images(self) -> list[str]:
@@ -271,7 +281,8 @@ class _Trainer:
         self._save(self.out / LAST, epoch, training=True)
 
     def _save(self, path: Path, epoch: int, training: bool, lw: dict | None = None) -> None:
-        state = training_state(self.model, self.optimizer, self.scheduler, self.state) if training else None
+        state = (training_state(self.model, self.optimizer, self.scheduler, self.state, self._selfsup_state())
+                 if training else None)
         save_checkpoint(path, self.config, self.model, epoch, self.state["best_map"], lw, state)
 
     def spec(self) -> PipelineSpec:
@@ -282,6 +293,7 @@ class _Trainer:
         training = resume_training(self.out, self.config, self.model, self.optimizer, self.scheduler)
         for key in PROGRESS_KEYS:
             self.state[key] = training[key]
+        self._restore_selfsup(training.get(SELFSUP))
         self.log(f"resuming from epoch {training['epoch'] + 1}, tuple {training['step']} ({self.out / LAST})")
         return int(training["epoch"]), int(training["step"])
 
