@@ -1,7 +1,7 @@
 """Rigid vs learned R-MAC regions (Gordo et al., "002") on oxford5k_subset's held-out landmarks.
 
 The embedded Lite0 backbone stays frozen; its feature maps at ``--max-side`` (320) are computed
-once. The learned-region head (:mod:`matchlens.train.proposals`) is trained without labels on
+once. The learned-region head (:mod:`matchlens.pooling.proposals`) is trained without labels on
 the images of the OTHER landmarks and the distractors (the ``--holdout`` landmarks are never
 seen): candidate pairs are each image's ``--knn`` nearest neighbours by rigid R-MAC, a pair is
 positive when RootSIFT + MAGSAC verifies it, and the bounding boxes of its inliers
@@ -14,6 +14,12 @@ rigid-R-MAC neighbours outside the positive's verified component. Each variant t
 * ``learned (RPN only)``: the head trained on the boxes alone (Gordo's separate RPN stage);
 * ``learned (triplet only)``: no box supervision.
 
+The pairs, boxes, tuples and training loop are the library's (:mod:`matchlens.train.learned_regions`,
+what ``matchlens train-regions`` runs). ``--pipeline`` adds the whole user path as rows:
+``matchlens index`` (rigid R-MAC, one scale at ``--max-side``, no whitening) → ``train-regions``
+on that index without the held-out landmarks' images → ``matchlens index --pooling learned-rmac
+--pooling-params head=FILE`` → mAP of that index's stored vectors.
+
 All rows pool the same frozen map: ``rigid R-MAC`` is the library's ``rmac`` pooling (MAC),
 ``rigid grid, GeM`` the same grid pooled like the learned regions (GeM p=3, hard masks), so
 the difference between the last rows is the regions alone. mAP (revisitop AP, the query image
@@ -22,7 +28,7 @@ all 1,009 images (columns as ``benchmarks/p4grid.py``).
 
     python benchmarks/learned_regions.py [--data ../shared/data] [--work bench-out/learned_regions]
         [--budget 180] [--k 16] [--knn 10] [--holdout radcliffe_camera,all_souls,ashmolean,bodleian]
-        [--variants rpn+triplet,rpn,triplet] [--seed 0]
+        [--variants rpn+triplet,rpn,triplet] [--seed 0] [--pipeline]
 
 Feature maps and RootSIFT features are cached in --work (verification reruns, about a minute).
 """
@@ -32,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import time
 from pathlib import Path
 
@@ -69,81 +74,31 @@ def feature_maps(paths: list[str], side: int, work: Path) -> list:
     return [m.float() for m in maps]
 
 
-def rootsift(paths: list[str], work: Path) -> list:
-    """RootSIFT (1000 keypoints at 512 px) of ``paths``, through the library's feature cache."""
-    from matchlens.io.images import load_image
-    from matchlens.local.features import FeatureCache, cached_features, extract_rootsift, feature_key
-
-    cache, key = FeatureCache(work / "local_features"), feature_key(1000, 512)
-    out = []
-    for path in paths:
-        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        out.append(cached_features(cache, sha, key, lambda p=path: extract_rootsift(load_image(p, max_side=1024), 1000, 512)))
-    return out
-
-
 def training_pairs(train: list[int], paths: list[str], rigid: np.ndarray, knn: int, work: Path):
-    """Verified kNN pairs among ``train`` (ids into ``paths``) with their inlier boxes."""
-    from matchlens.train.inlier_boxes import verified_boxes
-    from matchlens.train.positives import _knn_pairs
+    """Verified kNN pairs among ``train`` (ids into ``paths``) with their inlier boxes (the library's)."""
+    from matchlens.local.features import FeatureCache
+    from matchlens.train.learned_regions import verified_training_boxes
 
     start = time.monotonic()
-    features = rootsift([paths[i] for i in train], work)
-    candidates = _knn_pairs(rigid[train], knn)
-    found = verified_boxes(features, candidates)
-    log(f"{len(found.pairs)} of {len(candidates)} kNN pairs verified, {len(found.boxes)} images with boxes "
+    keys = [hashlib.sha256(Path(paths[i]).read_bytes()).hexdigest() for i in train]
+    found, candidates = verified_training_boxes([paths[i] for i in train], keys, rigid[train], knn,
+                                                FeatureCache(work / "local_features"))
+    log(f"{len(found.pairs)} of {candidates} kNN pairs verified, {len(found.boxes)} images with boxes "
         f"({time.monotonic() - start:.0f} s)")
     return found
 
 
-def tuples(found, train: list[int], rigid: np.ndarray, negatives: int, seed: int = 0) -> list[list[int]]:
-    """(query, positive, negatives…) of ids into ``train``: both directions of each verified pair;
-    negatives drawn from the query's 30 nearest rigid neighbours outside its verified component."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(train)
-    edges = np.array(found.pairs, np.int64).reshape(-1, 2)
-    graph = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    x = rigid[train]
-    rng = random.Random(seed)
-    out = []
-    for i, j in [*found.pairs, *[(b, a) for a, b in found.pairs]]:
-        order = [int(c) for c in np.argsort(-(x @ x[i]))[:60] if component[c] != component[i]][:30]
-        out.append([i, j, *rng.sample(order, min(negatives, len(order)))])
-    return out
-
-
 def train_variant(name: str, maps: list, targets: list, tuple_list: list[list[int]], args):
-    """A :class:`LearnedRMAC` trained for ``args.budget`` CPU seconds; returns it and the CPU minutes."""
-    import torch
+    """The library's :func:`~matchlens.train.learned_regions.train_head` for ``args.budget`` CPU
+    seconds; returns the model, the CPU minutes and the epochs started."""
+    from matchlens.train.learned_regions import RegionsHeadConfig, train_head
 
-    from matchlens.train.proposals import LearnedRMAC, rpn_loss, triplet_step_loss
-
-    torch.manual_seed(args.seed)
     rpn_weight, use_triplet = VARIANTS[name]
-    model = LearnedRMAC(maps[0].shape[0], k=args.k)
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    rng, start, steps, total = random.Random(args.seed), time.process_time(), 0, 0.0
-    while time.process_time() - start < args.budget:
-        order = list(tuple_list)
-        rng.shuffle(order)
-        for t in order:
-            if use_triplet:
-                loss = triplet_step_loss(model, [maps[i] for i in t], [targets[i] for i in t], rpn_weight)
-            else:
-                loss = rpn_loss(*model.head(maps[t[0]]), targets[t[0]]) + rpn_loss(*model.head(maps[t[1]]), targets[t[1]])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            steps, total = steps + 1, total + float(loss.detach())
-            if steps % 100 == 0:
-                log(f"{name}: {steps} tuples, mean loss {total / 100:.4f}")
-                total = 0.0
-            if time.process_time() - start >= args.budget:
-                break
-    return model.eval(), (time.process_time() - start) / 60, steps
+    config = RegionsHeadConfig(k=args.k, epochs=10_000, budget=args.budget, lr=args.lr, rpn_weight=rpn_weight,
+                               triplet=use_triplet, seed=args.seed)
+    model, losses, seconds = train_head(maps, targets, tuple_list, config)
+    log(f"{name}: {len(losses)} epochs, mean loss per epoch {', '.join(f'{v:.4f}' for v in losses)}")
+    return model, seconds / 60, len(losses)
 
 
 def describe_all(maps: list, pool) -> np.ndarray:
@@ -159,23 +114,10 @@ def rigid_rows(maps: list) -> dict[str, np.ndarray]:
     import torch.nn.functional as F
 
     from matchlens.pooling.functional import rmac
-    from matchlens.train.proposals import grid_boxes, regional_descriptor
+    from matchlens.pooling.proposals import grid_boxes, regional_descriptor
 
     return {"rigid R-MAC (library rmac, MAC)": describe_all(maps, lambda m: F.normalize(rmac(m[None]), dim=1)[0]),
             "rigid grid, GeM p=3": describe_all(maps, lambda m: regional_descriptor(m, grid_boxes(*m.shape[-2:]), 3.0))}
-
-
-def box_targets(found, train: list[int], maps: list) -> list:
-    """Per training id: its inlier boxes in map cells (M, 4), or None."""
-    import torch
-
-    from matchlens.train.proposals import relative_to_cells
-
-    out: list = [None] * len(train)
-    for i, boxes in found.boxes.items():
-        height, width = maps[train[i]].shape[-2:]
-        out[i] = relative_to_cells(torch.tensor(np.stack(boxes)), height, width)
-    return out
 
 
 def main() -> None:
@@ -191,10 +133,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="the head's initialisation and the tuple order")
     parser.add_argument("--holdout", default=",".join(HOLDOUT))
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also run the user path: index → train-regions → index --pooling learned-rmac")
     args = parser.parse_args()
 
     import torch
 
+    from matchlens.train.learned_regions import box_targets, training_tuples
     from matchlens.train.positives import holdout_images
 
     torch.set_num_threads(1)
@@ -210,14 +155,44 @@ def main() -> None:
     results = {label: (vectors, 0.0, 0) for label, vectors in rigid_rows(maps).items()}
     found = training_pairs(train, paths, results["rigid R-MAC (library rmac, MAC)"][0], args.knn, args.work)
     train_maps = [maps[i] for i in train]
-    targets = box_targets(found, train, maps)
-    tuple_list = tuples(found, train, results["rigid R-MAC (library rmac, MAC)"][0], args.negatives)
+    targets = box_targets(found, train_maps)
+    tuple_list = training_tuples(found, results["rigid R-MAC (library rmac, MAC)"][0][train], args.negatives,
+                                 args.seed)
     for name in [v for v in args.variants.split(",") if v]:
         model, minutes, steps = train_variant(name, train_maps, targets, tuple_list, args)
         results[f"learned ({name.replace('+', ' + ')})"] = (describe_all(maps, model), minutes, steps)
+    if args.pipeline:
+        results.update(pipeline_rows(paths, names, hidden, args))
     rows = [(label, column_maps(v, names, queries, rows_of, label), minutes, steps)
             for label, (v, minutes, steps) in results.items()]
     print_table(rows, queries, holdout, found, len(train), args)
+
+
+def pipeline_rows(paths: list[str], names: list[str], hidden: set[str], args) -> dict[str, tuple]:
+    """The user path: rigid index → train-regions (held-out images left out) → learned-rmac index."""
+    import matchlens
+    from matchlens.config import PipelineSpec
+    from matchlens.train.learned_regions import RegionsHeadConfig, train_regions_head
+
+    spec = PipelineSpec(max_side=args.max_side, pooling="rmac", pooling_params={"levels": 3})
+    rigid = matchlens.build_index(paths, args.work / "pipeline-rigid", spec=spec)
+    hidden_stems = {Path(n).stem for n in hidden}
+    rows = [r for r in range(rigid.size) if Path(rigid.entry_for_row(r).path).stem not in hidden_stems]
+    head = args.work / f"pipeline-head-{args.seed}.pt"
+    config = RegionsHeadConfig(k=args.k, knn=args.knn, negatives=args.negatives, epochs=10_000, budget=args.budget,
+                               lr=args.lr, seed=args.seed, max_side=args.max_side)
+    report = train_regions_head(rigid, head, config, rows, log=log)
+    log(f"pipeline: {len(rows)} training images, {report.pairs} verified pairs, {report.epochs} epochs, "
+        f"{report.cpu_seconds:.0f} CPU s")
+    learned = matchlens.build_index(paths, args.work / f"pipeline-learned-{args.seed}", spec=spec.replace(
+        pooling="learned-rmac", pooling_params={"head": str(head)}))
+    out = {}
+    for label, idx, trained in (("pipeline: index (rmac)", rigid, False),
+                                ("pipeline: train-regions → index (learned-rmac)", learned, True)):
+        order = {Path(idx.entry_for_row(r).path).stem: r for r in range(idx.size)}
+        vectors = np.asarray(idx.vectors(), np.float32)[[order[Path(n).stem] for n in names]]
+        out[label] = (vectors, report.cpu_seconds / 60 if trained else 0.0, report.epochs if trained else 0)
+    return out
 
 
 def print_table(rows, queries, holdout, found, n_train: int, args) -> None:
@@ -229,7 +204,7 @@ def print_table(rows, queries, holdout, found, n_train: int, args) -> None:
                         f"{', '.join(holdout)} (1,009 images); frozen Lite0 at {args.max_side} px; head trained on "
                         f"{n_train} images, {len(found.pairs)} verified pairs, {len(found.boxes)} images with inlier "
                         f"boxes; k={args.k}, seed {args.seed}; load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
-    for column in ("regions", *COLUMNS, "train CPU min", "tuples"):
+    for column in ("regions", *COLUMNS, "train CPU min", "epochs"):
         table.add_column(column, justify="right")
     for label, maps, minutes, steps in rows:
         table.add_row(label, *(f"{m:.2f}" for m in maps), f"{minutes:.1f}" if steps else "-", str(steps or "-"))

@@ -51,9 +51,11 @@ def head_file(tmp_path_factory, rigid_index):
     from matchlens.cli import main
 
     path = tmp_path_factory.mktemp("head") / "head.pt"
+    exclude = path.with_name("test-images.txt")
+    exclude.write_text("other1.png\n")  # a test set left out of training, by file name
     try:
         main(["train-regions", str(rigid_index.root), "--out", str(path), "--epochs", "1", "--k", "4",
-              "--knn", "3", "--negatives", "2", "--threads", "1", "-q"])
+              "--knn", "3", "--negatives", "2", "--exclude", str(exclude), "--threads", "1", "-q"])
     except SystemExit as exc:
         assert not exc.code
     return path
@@ -64,7 +66,7 @@ def test_train_regions_writes_a_head_trained_on_the_verified_pairs(head_file, ri
     assert isinstance(model, LearnedRMAC) and model.k == 4
     assert meta["backbone"] == rigid_index.spec.backbone
     assert meta["trained_on"] == rigid_index.spec.fingerprint()
-    assert meta["pairs"] >= 3 and meta["images"] == 8  # the three objects' pairs verify
+    assert meta["pairs"] >= 3 and meta["images"] == 7  # the three objects' pairs verify; other1 left out
     assert len(meta["losses"]) == 1 and np.isfinite(meta["losses"][0])
     assert not head_file.with_name(head_file.name + ".partial").exists()
 
