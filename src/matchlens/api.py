@@ -25,6 +25,7 @@ from matchlens.io.formats import load_dataset
 from matchlens.pipeline import KEEP, BuildReport, Index, Query, SearchPipeline, SearchResponse, SearchResult, open_index
 from matchlens.pipeline.index import as_paths
 from matchlens.pipeline.search import Chain
+import matchlens.ensemble  # noqa: F401  (registers the ensemble kind with the classic kinds)
 from matchlens.regional import open_regional, read_weights
 from matchlens.regional.search import RegionalMatch, RegionalPlan, compare_results, rows_of, weigh
 

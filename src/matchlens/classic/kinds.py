@@ -244,7 +244,7 @@ def _build(index, folder: Path, model_name: str, progress: ProgressFactory | Non
             fresh[todo[position]] = encoding.encode(feats)
     codes = Ragged.pack([fresh[i] if i in fresh else _reused(previous[0], previous[1][sha])
                          for i, (sha, _) in enumerate(items)], encoding.code_template())
-    data = encoding.build(codes)
+    data = _search_data(index, encoding, codes)
     built = f"built-{index.generation}-{model_name[len('model-'):]}"
     _publish(folder, built, codes, data, [sha for sha, _ in items], {
         "generation": index.generation, "images": index.size, "encoded": len(todo), "reused": index.size - len(todo),
@@ -253,6 +253,13 @@ def _build(index, folder: Path, model_name: str, progress: ProgressFactory | Non
     write_json_atomic(folder / CURRENT, {"model": model_name, "built": built, "generation": index.generation,
                                          "images": index.size}, indent=1, sort_keys=True)
     _remove_unreferenced(folder, {model_name, built})
+
+
+def _search_data(index, encoding: Encoding, codes: Ragged) -> dict[str, np.ndarray]:
+    """The encoding's search data; one learned from the index's own descriptors as well as the
+    codes (the ensemble kind's PCA) comes from its ``build_with_index(index, codes)``."""
+    with_index = getattr(encoding, "build_with_index", None)
+    return with_index(index, codes) if with_index is not None else encoding.build(codes)
 
 
 def _previous_codes(folder: Path, model_name: str) -> tuple[Ragged | None, dict[str, int]]:

@@ -61,7 +61,7 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
     "rerankers": ("matchlens.rerank", "RERANKERS"), "poolings": ("matchlens.pooling.specs", "POOLINGS"),
     "whitenings": ("matchlens.whitening", "WHITENINGS"), "runtimes": ("matchlens.extract.runtime", "RUNTIMES"),
     "backends": ("matchlens.index.backends", "BACKENDS"), "losses": ("matchlens.train.losses", "LOSSES"),
-    "encodings": ("matchlens.regional.kind", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
+    "encodings": ("matchlens.ensemble.kind+matchlens.regional.kind", "ENCODINGS"), "fusions": ("matchlens.fusion", "FUSIONS"),
     "normalisers": ("matchlens.fusion", "NORMALISERS"), "metrics": ("matchlens.evidence.tensor", "METRICS"),
     "samplers": ("matchlens.train.sampling", "SAMPLERS"), "recognizers": ("matchlens.recognize.heads", "METHODS"),
     "objectives": ("matchlens.regional.fit", "OBJECTIVES"), "selfsups": ("matchlens.train.selfsup", "METHODS"),
@@ -75,7 +75,10 @@ _FAMILIES = {  # help placeholder → (module, registry): each registry is the o
 
 def _family(key: str):
     """The registry behind a help placeholder."""
-    module, attribute = _FAMILIES[key]
+    modules, attribute = _FAMILIES[key]
+    *registering, module = modules.split("+")  # the kinds register into classic's ENCODINGS on import
+    for name in registering:
+        importlib.import_module(name)
     return getattr(importlib.import_module(module), attribute)
 
 

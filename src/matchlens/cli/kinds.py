@@ -22,7 +22,7 @@ def encode(
     retrain: bool = typer.Option(False, "--retrain", help="Learn the codebook again: needed to change a stored kind's codebook or feature parameters (not dim/power/shrinkage, burstiness, alpha/tau/query_ma)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Add a classic descriptor kind (RootSIFT BoW, VLAD, DenseVLAD, ASMK*) to an index, or bring the
+    """Add a descriptor kind (RootSIFT BoW, VLAD, DenseVLAD, ASMK*; regional; an ensemble with a second CNN) to an index, or bring the
     stored kinds up to date. Search by it with --kind NAME, or fuse it with others with --fuse.
 
     A fusion is KIND+KIND+... optionally weighted (KIND@0.7) and followed by :OPERATOR and :param=value,...

@@ -82,6 +82,7 @@ class FusedRanking:
                  progress: Any = None) -> None:
         from matchlens.classic import open_kind  # deferred: SciPy and OpenCV load only for --kind/--fuse
         import matchlens.regional  # noqa: F401  (registers the regional kind with the classic kinds)
+        import matchlens.ensemble  # noqa: F401  (registers the ensemble kind with the classic kinds)
 
         self.index, self.fusion = index, fusion
         self.rankers: list[KindRanker] = [
