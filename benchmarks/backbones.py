@@ -25,6 +25,10 @@ two-image warm-up build before anything is timed.
                                    [--speed-images 50] [--speed-rounds 2]
 
 Lite0 (preset ``default``) is always measured, first: the speed ratios are to it, in the same run.
+
+P4's grid (global, +AQE, +DBA, +diffusion, +DBA+AQE+diffusion × PCA dimension × BN re-estimation,
+for any list of backbones/checkpoints and after SimCLR/MoCo fine-tunes) is ``benchmarks/p4grid.py``;
+``python benchmarks/backbones.py --p4-grid [p4grid options]`` runs it.
 """
 
 from __future__ import annotations
@@ -177,4 +181,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--p4-grid" in sys.argv:  # P4's grid lives in its own script; same folder, so importable
+        import p4grid
+
+        sys.argv.remove("--p4-grid")
+        p4grid.main()
+    else:
+        main()
