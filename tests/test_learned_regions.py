@@ -139,7 +139,7 @@ def test_no_verified_pairs_is_a_one_line_error(capsys, tmp_path, built_index):
 def test_resuming_after_an_epoch_equals_training_straight_through():
     torch.manual_seed(0)
     maps = [torch.rand(8, 5, 6) for _ in range(6)]
-    targets = [torch.tensor([[1.0, 1.0, 4.0, 4.0]]) for _ in range(6)]
+    targets = {i: torch.tensor([[1.0, 1.0, 4.0, 4.0]]) for i in range(6)}
     tuples = [[0, 1, 2, 3], [1, 0, 4, 5], [2, 3, 0, 1]]
     config = RegionsHeadConfig(k=3, epochs=2, hidden=8, negatives=2)
     saved: dict = {}

@@ -26,7 +26,7 @@ import time
 from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,6 +47,8 @@ from matchlens.train.proposals import rpn_loss, triplet_step_loss
 __all__ = ["RegionsHeadConfig", "RegionsHeadReport", "box_targets", "train_head", "train_regions_head",
            "training_tuples", "verified_training_boxes"]
 
+#: Row → (C, H, W) backbone map: a list of every row's, or a dict of the rows tuples use.
+Maps = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
 KEYPOINTS, FEATURE_SIDE = 1000, 512  # RootSIFT for the box targets: the spatial re-ranker's defaults
 NEAREST = 30  # negatives come from this many nearest neighbours outside the query's component
 
@@ -142,9 +144,9 @@ def training_tuples(found: VerifiedBoxes, vectors: np.ndarray, negatives: int, s
     return out
 
 
-def box_targets(found: VerifiedBoxes, maps: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    """Per row: its inlier boxes in the cells of its map (M, 4), or None when it has none."""
-    out: list[torch.Tensor | None] = [None] * len(maps)
+def box_targets(found: VerifiedBoxes, maps: Maps) -> dict[int, torch.Tensor]:
+    """Per row with boxes: its inlier boxes in the cells of its map (M, 4)."""
+    out: dict[int, torch.Tensor] = {}
     for i, boxes in found.boxes.items():
         height, width = maps[i].shape[-2:]
         out[i] = relative_to_cells(torch.tensor(np.stack(boxes)), height, width)
@@ -152,30 +154,31 @@ def box_targets(found: VerifiedBoxes, maps: Sequence[torch.Tensor]) -> list[torc
 
 
 # --- the training loop --------------------------------------------------------------------------
-def _tuple_loss(model: LearnedRMAC, maps: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | None],
-                t: list[int], config: RegionsHeadConfig) -> torch.Tensor:
+def _tuple_loss(model: LearnedRMAC, maps: Maps, targets: Mapping[int, torch.Tensor], t: list[int],
+                config: RegionsHeadConfig) -> torch.Tensor:
     if config.triplet:
-        return triplet_step_loss(model, [maps[i] for i in t], [targets[i] for i in t], config.rpn_weight)
+        return triplet_step_loss(model, [maps[i].float() for i in t], [targets.get(i) for i in t], config.rpn_weight)
     # Box loss only (Gordo's separately trained RPN): the pair's two images.
     loss = torch.zeros(())
     for i in t[:2]:
-        boxes = targets[i]
+        boxes = targets.get(i)
         if boxes is not None:
-            logits, deltas, anchors = model.head(maps[i])
+            logits, deltas, anchors = model.head(maps[i].float())
             loss = loss + rpn_loss(logits, deltas, anchors, boxes)
     return loss
 
 
-def train_head(maps: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | None], tuples: list[list[int]],
+def train_head(maps: Maps, targets: Mapping[int, torch.Tensor], tuples: list[list[int]],
                config: RegionsHeadConfig, progress: ProgressFactory | None = None,
                state: dict[str, Any] | None = None,
                on_epoch: Callable[[LearnedRMAC, torch.optim.Optimizer, int, list[float]], None] | None = None,
                ) -> tuple[LearnedRMAC, list[float], float]:
-    """Train a :class:`LearnedRMAC` on ``tuples`` of ``maps``; ``state`` (from ``on_epoch``'s
+    """Train a :class:`LearnedRMAC` on ``tuples`` of ``maps`` (row → (C, H, W) map: a list, or a
+    dict holding only the rows the tuples use); ``state`` (from ``on_epoch``'s
     partial file) resumes after its epoch. Returns the model (eval), each epoch's mean loss and the
     CPU seconds spent in this call."""
     torch.manual_seed(config.seed)
-    model = LearnedRMAC(maps[0].shape[0], k=config.k, p=config.p, sharpness=config.sharpness, hidden=config.hidden)
+    model = LearnedRMAC(maps[tuples[0][0]].shape[0], k=config.k, p=config.p, sharpness=config.sharpness, hidden=config.hidden)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     losses: list[float] = []
     if state is not None:
@@ -207,13 +210,15 @@ def train_head(maps: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | No
 
 
 # --- on an index --------------------------------------------------------------------------------
-def _feature_maps(extractor: Extractor, paths: Sequence[str], side: int, progress: ProgressFactory | None) -> list[torch.Tensor]:
-    """The frozen backbone's (C, h, w) map of each image at ``side`` px (float32)."""
-    advance = progress(len(paths), "feature maps") if progress else None
+def _feature_maps(extractor: Extractor, paths: Sequence[str], rows: Sequence[int], side: int,
+                  progress: ProgressFactory | None) -> dict[int, torch.Tensor]:
+    """The frozen backbone's (C, h, w) map at ``side`` px of ``paths[r]`` for each of ``rows`` (only
+    the images the tuples use; float16 to halve the memory, the loss works in float32)."""
+    advance = progress(len(rows), "feature maps") if progress else None
     scale = side / extractor.spec.max_side
-    maps = []
-    for path in paths:
-        maps.append(extractor.feature_map(extractor.load(path), scale)[0].float())
+    maps = {}
+    for r in rows:
+        maps[r] = extractor.feature_map(extractor.load(paths[r]), scale)[0].half()
         if advance:
             advance(1)
     return maps
@@ -261,7 +266,8 @@ def train_regions_head(index: Any, out: str | Path, config: RegionsHeadConfig, r
                              f"the boxes come from two views of the same object; add such views or lower --min-inliers")
     tuples = training_tuples(found, vectors, config.negatives, config.seed)
     extractor = Extractor(index.spec)  # the PyTorch one: the query encoder may be the torch-free export
-    maps = _feature_maps(extractor, paths, config.max_side or extractor.spec.max_side, progress)
+    used = sorted({i for t in tuples for i in t})
+    maps = _feature_maps(extractor, paths, used, config.max_side or extractor.spec.max_side, progress)
     fingerprint = index.spec.fingerprint()
     state = _resume_state(out, config, fingerprint, rows, log)
 

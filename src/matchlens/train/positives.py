@@ -197,13 +197,19 @@ def from_manifold(images: Sequence[str], vectors: np.ndarray, anchors: int = 100
                        notes=notes).check()
 
 
-def _knn_pairs(vectors: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """Unordered pairs (i < j) where j is among i's ``k`` nearest neighbours or the reverse."""
+def _knn_pairs(vectors: np.ndarray, k: int, chunk: int = 1024) -> list[tuple[int, int]]:
+    """Unordered pairs (i < j) where j is among i's ``k`` nearest neighbours or the reverse
+    (``chunk`` rows at a time, so a large collection never holds its n × n similarities)."""
     x = np.asarray(vectors, np.float32)
-    sims = x @ x.T
-    np.fill_diagonal(sims, -np.inf)
     kk = min(k, len(x) - 1)
     if kk < 1:
         return []
-    near = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    return sorted({(min(i, int(j)), max(i, int(j))) for i in range(len(x)) for j in near[i]})
+    pairs: set[tuple[int, int]] = set()
+    for start in range(0, len(x), chunk):
+        sims = x[start:start + chunk] @ x.T
+        rows = np.arange(len(sims))
+        sims[rows, start + rows] = -np.inf  # not its own neighbour
+        near = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        for i in rows.tolist():
+            pairs |= {(min(start + i, j), max(start + i, j)) for j in near[i].tolist()}
+    return sorted(pairs)
