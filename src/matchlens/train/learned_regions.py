@@ -139,9 +139,17 @@ def training_tuples(found: VerifiedBoxes, vectors: np.ndarray, negatives: int, s
     rng = random.Random(seed)
     out = []
     for i, j in [*found.pairs, *[(b, a) for a, b in found.pairs]]:
-        order = [int(c) for c in np.argsort(-(x @ x[i]))[:2 * NEAREST] if component[c] != component[i]][:NEAREST]
+        order = [int(c) for c in _nearest(x, i, 2 * NEAREST) if component[c] != component[i]][:NEAREST]
         out.append([i, j, *rng.sample(order, min(negatives, len(order)))])
     return out
+
+
+def _nearest(x: np.ndarray, i: int, count: int) -> np.ndarray:
+    """Row ``i``'s ``count`` most similar rows, most similar first (a partial sort: large collections)."""
+    sims = x @ x[i]
+    count = min(count, len(sims))
+    top = np.argpartition(-sims, count - 1)[:count]
+    return top[np.argsort(-sims[top], kind="stable")]
 
 
 def box_targets(found: VerifiedBoxes, maps: Maps) -> dict[int, torch.Tensor]:
