@@ -8,12 +8,25 @@ Each model (``LABEL=BACKBONE[@WEIGHTS]``; WEIGHTS may name a self-supervised lay
 see :mod:`matchlens.models.checkpoints`) runs the ``--preset`` pipeline (default: the library's,
 R-MAC, 3 scales, 640 px) with the extractor ``matchlens index`` uses; BN re-estimation is the
 ``matchlens index --bn-recalibrate N`` code (:mod:`matchlens.train.bn_recalibrate`). The
-whitening is PCAw learned on the collection itself (no labels, as ``--whitening-source
-collection``), with ``--power`` 0.5 as in P4 (matchlens' own presets use 0.25). The re-rankers
+whitening is PCAw with ``--power`` 0.5 as in P4 (matchlens' own presets use 0.25), learned
+(``--pca-source others``) on the images outside the held-out landmarks, the same
+images the fine-tunes train on (:func:`matchlens.train.positives.holdout_images` leaves out every
+query, positive and junk image of a held-out landmark), so neither the queries nor their answers
+shape the whitening; ``--pca-source collection`` learns it on all the searched images (no labels,
+as ``--whitening-source collection``; the earlier runs). The ensemble's PCA follows the same
+choice. Caveat of ``others`` (measured, docs/contrastive.md): the distractors are then the PCA's
+own rows and the held-out images the only out-of-sample ones; full whitening with about as many
+images as dimensions spreads its own rows apart and leaves out-of-sample vectors close, so "being
+held out" itself becomes a signal (random descriptors reach 40 mAP at 512-d + diffusion, Lite0's
+global mAP rises with the dimension where ``collection``'s falls). ``--pca-source split`` (the default) avoids it (controls: ``benchmarks/p4grid_controls.py``): the images outside the held-out
+landmarks are halved (alternately, in dataset order), PCA learns on one half and the search runs
+in the held-out images plus the other half only (about 554 images: every searched image is
+out-of-sample), both ways round, mAP averaged; ``split-self`` searches the same halves with PCA
+learned on the searched images themselves (its transductive counterpart). The re-rankers
 are the library's (``aqe``, DBA's ``dba_vectors``, ``diffusion``) at their default parameters,
 run on in-memory vectors. mAP (revisitop AP, the query image and the junk ignored) is over the
 whole-image queries of the ``--holdout`` landmarks of ../shared/data/oxford5k_subset, searched
-in all its 1,009 images.
+in all its 1,009 images (``split``: in about 554 of them).
 
 ``--finetune simclr,moco`` first fine-tunes the embedded backbone with ``matchlens train
 --positives selfsup --selfsup METHOD`` on the images of the OTHER landmarks and the distractors
@@ -26,7 +39,7 @@ of two models' descriptors, then PCA (:class:`matchlens.train.ensemble.Ensemble`
         [--models lite0=tf_efficientnet_lite0 ssl=resnet50@moco_v2.pth.tar#moco ...]
         [--finetune simclr,moco --budget 420] [--ensemble lite0+moco] [--dims 32,64,...]
         [--bn-images 200] [--bn-modes pooled,per-pass] [--holdout radcliffe_camera,all_souls,ashmolean,bodleian] [--threads 1]
-        [--preset default] [--max-side 320]
+        [--preset default] [--max-side 320] [--pca-source others|collection|split|split-self]
 
 Descriptors are cached in --work per model and BN state (delete the folder to measure again).
 """
@@ -182,13 +195,62 @@ def column_maps(vectors: np.ndarray, names: list[str], queries: list, rows_of: d
     return maps
 
 
-def pca(raw: np.ndarray, dim: int | None, power: float) -> np.ndarray:
-    """PCA-whitened (learned on ``raw`` itself) L2 vectors, or ``raw`` for dim None."""
+def pca(raw: np.ndarray, dim: int | None, power: float, fit_rows: np.ndarray | None = None) -> np.ndarray:
+    """PCA-whitened L2 vectors of every row of ``raw``, learned on ``raw[fit_rows]`` (all of
+    ``raw`` when None), or ``raw`` itself for dim None."""
     from matchlens.whitening import PCAWhitening
 
     if dim is None:
         return raw
-    return PCAWhitening(dim=dim, power=power).fit(raw).transform(raw)
+    learn = raw if fit_rows is None else raw[fit_rows]
+    return PCAWhitening(dim=dim, power=power).fit(learn).transform(raw)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One evaluation of a ``--pca-source`` protocol: the rows PCA learns on, the rows searched."""
+
+    fit: np.ndarray
+    search: np.ndarray
+
+
+PCA_SOURCES = ("others", "collection", "split", "split-self")
+
+
+def pca_folds(dataset, names: list[str], holdout: list[str], source: str) -> list[Fold]:
+    """The folds of ``source`` (see the module docstring); mAP is the mean over the folds."""
+    from matchlens.train.positives import holdout_images
+
+    every = np.arange(len(names))
+    if source == "collection":
+        return [Fold(every, every)]
+    hidden = holdout_images(dataset, set(holdout))
+    held = np.array([i for i, n in enumerate(names) if n in hidden])
+    others = np.array([i for i, n in enumerate(names) if n not in hidden])
+    if source == "others":
+        return [Fold(others, every)]
+    # Halves taken alternately in dataset order: independent of the held-out landmarks' labels.
+    halves = (others[0::2], others[1::2])
+    searched = [np.sort(np.concatenate([held, half])) for half in halves[::-1]]
+    if source == "split":
+        return [Fold(halves[0], searched[0]), Fold(halves[1], searched[1])]
+    return [Fold(rows, rows) for rows in searched]  # split-self: the same searched sets, PCA on themselves
+
+
+def fold_maps(transform, names: list[str], queries: list, rows_of: dict[str, int], folds: list[Fold],
+              tag: str) -> list[float]:
+    """Mean over ``folds`` of :func:`column_maps` of each fold's searched rows, the vectors being
+    ``transform(fold.fit)`` (the PCA learned on the fold's rows)."""
+    per_fold = []
+    for k, fold in enumerate(folds):
+        vectors = transform(fold.fit)
+        if len(fold.search) == len(names):
+            per_fold.append(column_maps(vectors, names, queries, rows_of, f"{tag}-{k}"))
+            continue
+        sub = [names[i] for i in fold.search]
+        per_fold.append(column_maps(vectors[fold.search], sub, queries, {n: i for i, n in enumerate(sub)},
+                                    f"{tag}-{k}"))
+    return [float(m) for m in np.mean(per_fold, axis=0)]
 
 
 def main() -> None:
@@ -203,6 +265,8 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=None, help="override the preset's input size")
     parser.add_argument("--dims", default=",".join(map(str, DIMS)))
     parser.add_argument("--power", type=float, default=0.5)
+    parser.add_argument("--pca-source", choices=PCA_SOURCES, default="split",
+                        help="where PCAw is learned and what is searched (module docstring)")
     parser.add_argument("--bn-images", type=int, default=200)
     parser.add_argument("--bn-modes", default="pooled", help="re-estimations to compare: pooled,per-pass")
     parser.add_argument("--holdout", default=",".join(HOLDOUT))
@@ -218,6 +282,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    started, cpu_started = time.monotonic(), time.process_time()
     root = args.data / "oxford5k_subset"
     args.work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(root)
@@ -226,6 +291,9 @@ def main() -> None:
     rows_of = {n: i for i, n in enumerate(names)}
     holdout = [g for g in args.holdout.split(",") if g]
     queries = [q for q in dataset.queries if q.group in holdout and q.box is None]
+    folds = pca_folds(dataset, names, holdout, args.pca_source)
+    log(f"{args.pca_source}: PCAw learned on " + " / ".join(f"{len(f.fit)}" for f in folds) + ", searched in "
+        + " / ".join(f"{len(f.search)}" for f in folds) + f" of {len(names)} images")
     models = [parse_model(m) for m in args.models]
     models += [finetune(m, root, args.work, holdout, args.budget, args) for m in args.finetune.split(",") if m]
     if args.finetune_only:
@@ -234,50 +302,66 @@ def main() -> None:
     for model in models:
         for bn in ["off", *args.bn_modes.split(",")]:
             raw = descriptors(model, bn, paths, args.work, args)
-            rows += grid_rows(model.label, bn, raw, names, queries, rows_of, args)
+            rows += grid_rows(model.label, bn, raw, names, queries, rows_of, folds, args)
     for pair in args.ensemble:
-        rows += ensemble_rows(pair, models, paths, names, queries, rows_of, args)
-    print_table(rows, queries, holdout, args)
+        rows += ensemble_rows(pair, models, paths, names, queries, rows_of, folds, args)
+    print_table(rows, queries, holdout, folds, args)
+    log(f"total: {time.monotonic() - started:.0f} s wall, {time.process_time() - cpu_started:.0f} s process CPU")
 
 
-def grid_rows(label: str, bn: str, raw: np.ndarray, names, queries, rows_of, args) -> list[dict]:
+def grid_rows(label: str, bn: str, raw: np.ndarray, names, queries, rows_of, folds: list[Fold],
+              args) -> list[dict]:
     """One row per PCA dimension (and the raw descriptor) of one model and BN state."""
-    limit = min(raw.shape[1], raw.shape[0] - 1)
+    limit = min(raw.shape[1], min(len(f.fit) for f in folds) - 1)  # PCA's rank
     dims: list[int | None] = [None] + [d for d in (int(x) for x in args.dims.split(",")) if d <= limit]
     out = []
     for dim in dims:
-        vectors = pca(raw, dim, args.power)
-        maps = column_maps(vectors, names, queries, rows_of, f"{label}-{bn}-{dim}")
+        maps = fold_maps(lambda fit, dim=dim: pca(raw, dim, args.power, fit), names, queries, rows_of, folds,
+                         f"{label}-{bn}-{dim}")
         out.append({"model": label, "bn": bn, "dim": dim or raw.shape[1],
                     "pca": dim is not None, "maps": maps})
         log(f"{label} bn={bn} dim={dim}: " + " ".join(f"{m:.1f}" for m in maps))
     return out
 
 
-def ensemble_rows(pair: str, models: list[Model], paths, names, queries, rows_of, args) -> list[dict]:
+def ensemble_rows(pair: str, models: list[Model], paths, names, queries, rows_of, folds: list[Fold],
+                  args) -> list[dict]:
     """Rows of the concatenation of two models' descriptors (BN re-estimated off), then PCA."""
-    from matchlens.train.ensemble import Ensemble, concatenate
+    from matchlens.ensemble import Ensemble, concatenate
 
     by_label = {m.label: m for m in models}
     parts = [descriptors(by_label[label], "off", paths, args.work, args) for label in pair.split("+")]
     width = sum(p.shape[1] for p in parts)
-    limit = min(width, len(paths) - 1)
+    limit = min(width, min(len(f.fit) for f in folds) - 1)
     out = []
     for dim in [None] + [d for d in (int(x) for x in args.dims.split(",")) if d <= limit]:
-        vectors = concatenate(parts) if dim is None else Ensemble(dim, args.power).fit(parts).transform(parts)
-        maps = column_maps(vectors, names, queries, rows_of, f"{pair}-{dim}")
+        def transform(fit: np.ndarray, dim: int | None = dim) -> np.ndarray:
+            if dim is None:
+                return concatenate(parts)
+            return Ensemble(dim, args.power).fit([p[fit] for p in parts]).transform(parts)
+
+        maps = fold_maps(transform, names, queries, rows_of, folds, f"{pair}-{dim}")
         out.append({"model": pair, "bn": "off", "dim": dim or width, "pca": dim is not None, "maps": maps})
+        log(f"{pair} dim={dim}: " + " ".join(f"{m:.1f}" for m in maps))
     return out
 
 
-def print_table(rows: list[dict], queries: list, holdout: list[str], args) -> None:
+def print_table(rows: list[dict], queries: list, holdout: list[str], folds: list[Fold], args) -> None:
     from rich.console import Console
     from rich.table import Table
 
     load = os.getloadavg()
+    n_fit, n_search = len(folds[0].fit), len(folds[0].search)
+    learned = {"others": f"learned on the {n_fit} images outside the held-out landmarks (biased for the "
+                         "held-out images, the only out-of-sample ones: see the docstring)",
+               "collection": f"learned on the searched images themselves ({n_fit}, held-out landmarks included)",
+               "split": f"learned on one half ({n_fit}) of the images outside the held-out landmarks, searched: "
+                        "the held-out images and the other half; mean of both halves",
+               "split-self": f"learned on the searched images themselves ({n_fit}: the held-out images and one half "
+                             "of the others; mean of both halves)"}[args.pca_source]
     table = Table(title=f"P4 grid on oxford5k_subset: mAP of {len(queries)} whole-image queries of held-out "
-                        f"{', '.join(holdout)} (1,009 images), preset {args.preset}"
-                        f"{f' at {args.max_side} px' if args.max_side else ''}, PCAw power {args.power}, "
+                        f"{', '.join(holdout)} ({n_search} images searched), preset {args.preset}"
+                        f"{f' at {args.max_side} px' if args.max_side else ''}, PCAw power {args.power} {learned}, "
                         f"BN re-estimated on {args.bn_images} images; load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
     for column in ("model", "BN re-est.", "dim", *COLUMNS):
         table.add_column(column, justify="right")
