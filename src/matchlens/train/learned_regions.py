@@ -261,6 +261,8 @@ def train_regions_head(index: Any, out: str | Path, config: RegionsHeadConfig, r
     only these vector rows, e.g. leaving a test set out) and write it to ``out``."""
     config.check()
     out = Path(out)
+    if not out.parent.is_dir():  # say so before minutes of verification, not at the first save
+        raise MatchlensError(f"cannot write {out}: the folder {out.parent} does not exist")
     rows = sorted(set(range(index.size) if rows is None else (int(r) for r in rows)))
     if len(rows) < 2:
         raise MatchlensError(f"train-regions needs at least 2 images, the index has {len(rows)}")
