@@ -23,15 +23,26 @@ from matchlens.models.checkpoints import convert_checkpoint, detect_layout, layo
 from tests.conftest import run_cli
 
 
-@pytest.fixture(scope="module")
-def resnet18() -> nn.Module:
+def random_resnet(arch: str) -> nn.Module:
+    """A randomly initialised torchvision ResNet with non-trivial BatchNorm statistics, so a lost
+    buffer shows (no self-supervised weights install offline)."""
     torch.manual_seed(3)
-    model = torchvision.models.resnet18(weights=None).eval()
-    for module in model.modules():  # non-trivial BatchNorm statistics, so a lost buffer shows
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     return model
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    return random_resnet("resnet18")
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> nn.Module:
+    return random_resnet("resnet50")
 
 
 def trunk_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -88,13 +99,15 @@ DETECTED = {"moco": "moco", "simclr": "simclr", "byol-sthalles": "byol", "byol-l
             "dino": "dino", "backbone": "backbone", "model-wrapper": None, "state_dict-wrapper": None}
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("case", sorted(DETECTED))
-def test_each_layout_loads_the_original_tensors(resnet18, tmp_path, case):
-    content = layouts(resnet18)[case]
+def test_each_layout_loads_the_original_tensors(request, tmp_path, case, arch):
+    model = request.getfixturevalue(arch)
+    content = layouts(model)[case]
     assert detect_layout(content) == DETECTED[case]
     path = tmp_path / f"{case}.pth"
     torch.save(content, path)
-    assert_same(load_backbone("resnet18", path), resnet18)
+    assert_same(load_backbone(arch, path), model, arch)
 
 
 def test_moco_resnet50_drops_the_mlp_head_and_the_key_encoder(tmp_path):
