@@ -26,7 +26,7 @@ from matchlens.classic.base import ENCODINGS, Encoding, Ragged, SearchData
 from matchlens.components import in_range, integer, positive_float
 from matchlens.config import PARTIAL_PCAW, PipelineSpec, spec_from_preset
 from matchlens.errors import ConfigError, IndexError_
-from matchlens.extract import Extractor, open_query_encoder
+from matchlens.extract import Extractor, shared_query_encoder
 from matchlens.ensemble.vectors import Ensemble
 from matchlens.pooling.specs import POOLINGS
 
@@ -204,11 +204,7 @@ _LOCK = threading.Lock()
 
 def index_encoder(store: Any) -> Any:
     """The index's query encoder, shared in the process (one network load)."""
-    key = ("index", store.spec.fingerprint(), str(store.model_dir()))
-    with _LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = open_query_encoder(store.spec, store.model_dir())
-        return _ENCODERS[key]
+    return shared_query_encoder(store.spec, store.model_dir())
 
 
 def second_extractor(spec: PipelineSpec) -> Extractor:

@@ -7,7 +7,8 @@ query model (:func:`write_query_model`) are described by :func:`open_query_encod
 """
 
 from matchlens.extract.extractor import Described, Extractor, l2_normalize
-from matchlens.extract.light import LightEncoder, open_query_encoder, read_query_model, write_query_model
+from matchlens.extract.light import (LightEncoder, open_query_encoder, read_query_model, shared_query_encoder,
+                                     write_query_model)
 
 __all__ = ["Described", "Extractor", "LightEncoder", "l2_normalize", "open_query_encoder", "read_query_model",
-           "write_query_model"]
+           "shared_query_encoder", "write_query_model"]

@@ -47,7 +47,7 @@ from matchlens.fileio import atomic_path, atomic_write, write_json_atomic
 from matchlens.linalg import l2_normalize
 
 __all__ = ["LightEncoder", "MODEL_FILE", "META_FILE", "open_query_encoder", "read_query_model",
-           "write_query_model"]
+           "shared_query_encoder", "write_query_model"]
 
 MODEL_FILE = "backbone.onnx"
 META_FILE = "model.json"
@@ -319,6 +319,20 @@ def query_runtime_name(spec: PipelineSpec, folder: str | os.PathLike | None, run
         except MatchlensError as exc:
             return f"{runtime_name(runtime)} (the index's exported model is unusable: {exc})"
     return runtime_name(runtime)
+
+
+_SHARED: dict[tuple[str, str], "LightEncoder | Extractor"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_query_encoder(spec: PipelineSpec, folder: str | os.PathLike) -> "LightEncoder | Extractor":
+    """:func:`open_query_encoder`'s encoder for an index, one per (spec, folder) in the process:
+    the stored kinds' sources (regional, ensemble) share it, so the network loads once."""
+    key = (spec.fingerprint(), str(folder))
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = open_query_encoder(spec, folder)
+        return _SHARED[key]
 
 
 def usable(spec: PipelineSpec, runtime: str | None = None) -> bool:

@@ -33,7 +33,7 @@ from matchlens.classic.base import ENCODINGS, Encoding
 from matchlens.classic.kinds import describe_kind, kind_names, read_stored_kind
 from matchlens.components import integer
 from matchlens.errors import ConfigError, IndexError_, MatchlensError
-from matchlens.extract.light import open_query_encoder
+from matchlens.extract.light import shared_query_encoder
 from matchlens.io.collection import file_memo_key
 from matchlens.io.images import crop_to_box, image_size, load_image
 from matchlens.regional.descriptors import POOLS, regional_descriptors
@@ -153,18 +153,13 @@ def chunked_scores(flat: np.ndarray, n: int, query: np.ndarray, weights: np.ndar
 # Describing images
 
 
-_ENCODERS: dict[tuple[str, str], Any] = {}
 _QUERIES: dict[tuple, np.ndarray] = {}
 _LOCK = threading.Lock()
 
 
 def index_encoder(store: Any) -> Any:
-    """The index's query encoder, shared by every regional source of the process (one network load)."""
-    key = (store.spec.fingerprint(), str(store.model_dir()))
-    with _LOCK:
-        if key not in _ENCODERS:
-            _ENCODERS[key] = open_query_encoder(store.spec, store.model_dir())
-        return _ENCODERS[key]
+    """The index's query encoder, shared in the process (one network load)."""
+    return shared_query_encoder(store.spec, store.model_dir())
 
 
 class RegionalSource:
