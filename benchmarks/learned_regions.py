@@ -76,13 +76,12 @@ def feature_maps(paths: list[str], side: int, work: Path) -> list:
 
 def training_pairs(train: list[int], paths: list[str], rigid: np.ndarray, knn: int, work: Path):
     """Verified kNN pairs among ``train`` (ids into ``paths``) with their inlier boxes (the library's)."""
-    from matchlens.local.features import FeatureCache
     from matchlens.train.learned_regions import verified_training_boxes
 
     start = time.monotonic()
     keys = [hashlib.sha256(Path(paths[i]).read_bytes()).hexdigest() for i in train]
     found, candidates = verified_training_boxes([paths[i] for i in train], keys, rigid[train], knn,
-                                                FeatureCache(work / "local_features"))
+                                                work / "local_features")
     log(f"{len(found.pairs)} of {candidates} kNN pairs verified, {len(found.boxes)} images with boxes "
         f"({time.monotonic() - start:.0f} s)")
     return found

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from matchlens.copies.candidates import Candidates, candidate_pairs
-from matchlens.copies.features import FeaturePool, pixel_digest
+from matchlens.copies.features import pixel_digest
+from matchlens.local.pool import FeaturePool
 from matchlens.copies.geometry import GeometrySettings, verify_copy
 from matchlens.copies.groups import components
 from matchlens.copies.kinds import COPY_KINDS, PairEvidence, classify

@@ -27,14 +27,13 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from matchlens.errors import MatchlensError
 from matchlens.io.images import load_image
 from matchlens.local.features import (CACHE_KIND, FeatureCache, LocalFeatures, cached_features, extract_rootsift,
                                       feature_key)
+from matchlens.local.pool import UNUSABLE
 from matchlens.local.verify import METHODS, MIN_MATCHES, verify_pair
 from matchlens.components import in_range, one_of, positive_float, positive_int
 from matchlens.rerank.base import RERANKERS, QueryInput, Reranker, RerankContext, Shortlist
@@ -44,9 +43,6 @@ __all__ = ["SpatialVerification"]
 log = logging.getLogger(__name__)
 
 _INLIER_SCALE = 1000.0  # verified score = base + inliers / _INLIER_SCALE
-# A database image we cannot use is left unverified: unreadable or bad file (MatchlensError covers
-# ImageLoadError), an OS error from the context, or OpenCV refusing the pixels.
-_UNUSABLE_IMAGE = (MatchlensError, OSError, cv2.error)
 
 
 @RERANKERS.register("sv")
@@ -138,7 +134,7 @@ class SpatialVerification(Reranker):
         try:
             return self._cached(ctx.image_sha256(row), lambda: self._extract(
                 load_image(ctx.image_path(row), max_side=self.config["max_side"])))
-        except _UNUSABLE_IMAGE as error:
+        except UNUSABLE as error:  # left unverified: unreadable file, OS error or OpenCV refusing the pixels
             log.warning("spatial verification skips database row %d: %s", row, error)
             return None
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from matchlens.local.features import LocalFeatures
+from matchlens.local.pool import FeaturePool
 from matchlens.local.verify import inlier_mask, match_features, to_working_frame
 
 __all__ = ["VerifiedBoxes", "inlier_box", "pair_boxes", "verified_boxes"]
@@ -69,14 +70,17 @@ def pair_boxes(a: LocalFeatures, b: LocalFeatures, *, ratio: float = 0.8, thresh
     return box_a, box_b, count
 
 
-def verified_boxes(features: Sequence[LocalFeatures], candidates: Sequence[tuple[int, int]], *,
+def verified_boxes(features: Sequence[LocalFeatures | None] | FeaturePool, candidates: Sequence[tuple[int, int]], *,
                    min_inliers: int = MIN_INLIERS, max_side: int = 512,
                    advance: Callable[[int], None] | None = None) -> VerifiedBoxes:
     """Verify each candidate pair (e.g. kNN pairs of a global descriptor) and collect the boxes of
-    the pairs that hold: each image gets one box per verified partner."""
+    the pairs that hold: each image gets one box per verified partner. ``features[i]`` is image
+    i's features (a list, or a :class:`~matchlens.local.pool.FeaturePool` that reads them as
+    needed); an image without (None: unreadable) verifies nothing."""
     found = VerifiedBoxes()
     for i, j in candidates:
-        result = pair_boxes(features[i], features[j], max_side=max_side, min_inliers=min_inliers)
+        a, b = features[i], features[j]
+        result = None if a is None or b is None else pair_boxes(a, b, max_side=max_side, min_inliers=min_inliers)
         if result is not None:
             found.add(i, j, *result)
         if advance:

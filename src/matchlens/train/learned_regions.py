@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import random
 import time
-from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,8 +34,8 @@ from scipy.sparse.csgraph import connected_components
 
 from matchlens.errors import ConfigError, MatchlensError
 from matchlens.extract.extractor import Extractor
-from matchlens.io.images import load_image
-from matchlens.local.features import CACHE_KIND, FeatureCache, LocalFeatures, cached_features, extract_rootsift, feature_key
+from matchlens.local.features import CACHE_KIND
+from matchlens.local.pool import FeaturePool
 from matchlens.pooling.proposals import LearnedRMAC, relative_to_cells, save_head
 from matchlens.train.config import ProgressFactory
 from matchlens.train.inlier_boxes import MIN_INLIERS, VerifiedBoxes, verified_boxes
@@ -108,24 +107,16 @@ class RegionsHeadReport:
 
 # --- the training set ---------------------------------------------------------------------------
 def verified_training_boxes(paths: Sequence[str], keys: Sequence[str], vectors: np.ndarray, knn: int,
-                            cache: FeatureCache | None, min_inliers: int = MIN_INLIERS,
+                            cache_dir: Path | None, min_inliers: int = MIN_INLIERS,
                             progress: ProgressFactory | None = None) -> tuple[VerifiedBoxes, int]:
     """Verified kNN pairs among ``paths`` (neighbours by ``vectors``) with their inlier boxes, and the
-    number of candidates; ``keys`` (e.g. SHA-256 of each file) key the RootSIFT cache."""
-    key = feature_key(KEYPOINTS, FEATURE_SIDE)
-    advance = progress(len(paths), "local features") if progress else None
-    features: list[LocalFeatures] = []
-    for path, sha in zip(paths, keys):
-        features.append(cached_features(cache, sha, key, partial(_rootsift, path)))
-        if advance:
-            advance(1)
+    number of candidates; ``keys`` (e.g. SHA-256 of each file) key the RootSIFT cache in
+    ``cache_dir``. Features are read as pairs need them (an LRU over the cache), never all at once."""
+    pool = FeaturePool(list(paths).__getitem__, list(keys).__getitem__, cache_dir, KEYPOINTS, FEATURE_SIDE,
+                       load_side=2 * FEATURE_SIDE, label="train-regions")
     candidates = _knn_pairs(vectors, knn)
     advance = progress(len(candidates), "verifying pairs") if progress else None
-    return verified_boxes(features, candidates, min_inliers=min_inliers, advance=advance), len(candidates)
-
-
-def _rootsift(path: str) -> LocalFeatures:
-    return extract_rootsift(load_image(path, max_side=2 * FEATURE_SIDE), KEYPOINTS, FEATURE_SIDE)
+    return verified_boxes(pool, candidates, min_inliers=min_inliers, advance=advance), len(candidates)
 
 
 def training_tuples(found: VerifiedBoxes, vectors: np.ndarray, negatives: int, seed: int = 0) -> list[list[int]]:
@@ -270,7 +261,7 @@ def train_regions_head(index: Any, out: str | Path, config: RegionsHeadConfig, r
     paths = [e.path for e in entries]
     vectors = np.asarray(index.vectors()[rows], np.float32)
     found, candidates = verified_training_boxes(paths, [e.sha256 for e in entries], vectors, config.knn,
-                                                _feature_cache(index), config.min_inliers, progress)
+                                                index.store.cache_dir(CACHE_KIND), config.min_inliers, progress)
     if not found.pairs:
         raise MatchlensError(f"no verified pairs among the {candidates} nearest-neighbour pairs of {len(rows)} images: "
                              f"the boxes come from two views of the same object; add such views or lower --min-inliers")
@@ -293,9 +284,3 @@ def train_regions_head(index: Any, out: str | Path, config: RegionsHeadConfig, r
     _partial(out).unlink(missing_ok=True)
     return RegionsHeadReport(str(out), len(rows), candidates, len(found.pairs), len(found.boxes), len(tuples),
                              len(losses), losses, seconds, len(state["losses"]) if state else 0)
-
-
-def _feature_cache(index: Any) -> FeatureCache | None:
-    folder = index.store.cache_dir(CACHE_KIND)
-    return FeatureCache(folder) if folder is not None else None
-
